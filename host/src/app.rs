@@ -1,0 +1,123 @@
+//! The commands: `run` (serve until SIGINT/SIGTERM) and `check` (build
+//! everything a run would, report every error, serve nothing).
+
+use crate::admin::{self, Admin};
+use crate::capability::metrics;
+use crate::capability::state::embedded::EmbeddedState;
+use crate::capability::state::StateBackend;
+use crate::gateway::Gateway;
+use crate::plugin::engine::{EngineOptions, PluginEngine};
+use crate::server::{self, ServerOptions};
+use anyhow::{anyhow, Context};
+use arc_swap::ArcSwap;
+use ficus_config::{Config, ConfigErrors};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
+
+fn engine_for(config: &Config) -> anyhow::Result<PluginEngine> {
+    let options = EngineOptions { cache_dir: Some(config.resolve(&config.server.cache_dir)), ..Default::default() };
+    PluginEngine::new(&options).map_err(|e| anyhow!("{e}"))
+}
+
+fn state_for(_config: &Config) -> Arc<dyn StateBackend> {
+    Arc::new(EmbeddedState::default())
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Serve with `config` until SIGINT or SIGTERM, then drain in-flight
+/// requests.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    metrics::install();
+    let engine = engine_for(&config)?;
+    let gateway = Gateway::build(&config, &engine, state_for(&config))
+        .await
+        .map_err(|e| anyhow!("the configuration cannot be served:\n{e}"))?;
+    let gateway = Arc::new(ArcSwap::from_pointee(gateway));
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    let admin_listener = TcpListener::bind(config.server.admin)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.admin)", config.server.admin))?;
+    let proxy_addr = listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    tracing::info!(%proxy_addr, %admin_addr, "ficus is serving");
+    // A stable line on stdout that scripts and tests can read.
+    println!("ficus listening on http://{proxy_addr} admin http://{admin_addr}");
+    let _ = std::io::stdout().flush();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let admin = Arc::new(Admin { gateway: gateway.clone(), token: config.server.admin_token.clone(), started: SystemTime::now() });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin, wait(stop_rx.clone())));
+    let options = ServerOptions {
+        max_header_bytes: config.server.max_header_bytes,
+        max_headers: config.server.max_headers,
+        http2: config.server.http2,
+        shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
+    };
+    let proxy = server::serve(listener, gateway, options, wait(stop_rx));
+    tokio::pin!(proxy);
+    tokio::select! {
+        _ = &mut proxy => {}
+        _ = shutdown_signal() => {
+            tracing::info!("shutdown requested");
+            let _ = stop_tx.send(true);
+            proxy.await;
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    drop(engine);
+    Ok(())
+}
+
+/// Validate the config at `path` and build everything a run would
+/// (compile, link, instantiate and configure every plugin). Returns a
+/// summary, or every error found.
+pub async fn check(path: &Path) -> Result<String, ConfigErrors> {
+    let config = ficus_config::load(path)?;
+    let engine = engine_for(&config).map_err(|e| ConfigErrors(vec![config.error_at("", e.to_string())]))?;
+    let gateway = Gateway::build(&config, &engine, state_for(&config)).await?;
+    let routes = gateway.summary();
+    let mut out = format!(
+        "{}: ok ({} plugins, {} upstreams, {} routes)\n",
+        path.display(),
+        config.plugins.len(),
+        config.upstreams.len(),
+        routes.len()
+    );
+    for r in routes {
+        out.push_str(&format!("  route {}: [{}]\n", r.name, r.pipeline.join(" -> ")));
+    }
+    Ok(out)
+}

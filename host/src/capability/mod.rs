@@ -1,0 +1,7 @@
+//! Host capabilities that plugins import through WIT (`log`, `metrics`,
+//! `state`). Each capability is linked only into plugins whose config grants
+//! it; see [`crate::plugin::linker`].
+
+pub mod log;
+pub mod metrics;
+pub mod state;

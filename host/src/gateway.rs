@@ -1,0 +1,305 @@
+//! A gateway generation: everything built from one config (routes with
+//! their plugin pools, upstream clusters, handlers), and the entry point
+//! that serves one request with it.
+
+use crate::capability::state::StateBackend;
+use crate::pipeline::exchange::{strip_hop_by_hop, RequestState};
+use crate::pipeline::response::{collect_limited, error_response, BoxBody, CollectError};
+use crate::pipeline::{self, Clusters, Destination, Route, RouteMetrics, Step};
+use crate::plugin::ctx::Capabilities;
+use crate::plugin::engine::PluginEngine;
+use crate::plugin::filter::{FilterPool, FilterSpec};
+use crate::plugin::handler::{Handler, HandlerSpec};
+use crate::plugin::{Grants, PluginError};
+use crate::server::router::{PathMatch, RouteMatch};
+use crate::upstream::{Balance, Cluster};
+use ficus_config::{Config, ConfigError, ConfigErrors, Grant, InstanceMode, LbPolicy, OnError};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::Component;
+
+/// One built generation of the gateway.
+pub struct Gateway {
+    routes: Vec<(RouteMatch, Arc<Route>)>,
+    clusters: Clusters,
+    max_request_body: usize,
+}
+
+fn grants_of(list: &[Grant]) -> Grants {
+    let mut g = Grants::default();
+    for grant in list {
+        match grant {
+            Grant::Log => g.log = true,
+            Grant::Metrics => g.metrics = true,
+            Grant::State => g.state = true,
+            Grant::Clock => g.clock = true,
+        }
+    }
+    g
+}
+
+/// Summary of a built route, for `ficus check` and `/admin/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteSummary {
+    /// Route name.
+    pub name: String,
+    /// Plugins in pipeline order.
+    pub pipeline: Vec<String>,
+    /// Idle warm instances per step.
+    pub idle_instances: Vec<usize>,
+}
+
+impl Gateway {
+    /// Build a generation from a validated config: load (through the
+    /// compile cache), link, instantiate and configure every plugin. All
+    /// errors are collected, each attributed to its place in the config.
+    pub async fn build(
+        config: &Config,
+        engine: &PluginEngine,
+        state: Arc<dyn StateBackend>,
+    ) -> Result<Gateway, ConfigErrors> {
+        let mut errors: Vec<ConfigError> = Vec::new();
+
+        let mut components: HashMap<&str, Component> = HashMap::new();
+        for (name, plugin) in &config.plugins {
+            let path = config.resolve(&plugin.source);
+            match engine.load_file(&path) {
+                Ok((c, outcome)) => {
+                    tracing::debug!(plugin = %name, ?outcome, "loaded plugin");
+                    components.insert(name.as_str(), c);
+                }
+                Err(e) => errors.push(config.error_at(
+                    &format!("plugins.{name}.source"),
+                    format!("plugin \"{name}\": {e}"),
+                )),
+            }
+        }
+
+        let mut clusters: Clusters = HashMap::new();
+        for (name, up) in &config.upstreams {
+            let balance = match up.lb {
+                LbPolicy::RoundRobin => Balance::RoundRobin,
+                LbPolicy::Random => Balance::Random,
+            };
+            match Cluster::new(
+                name,
+                &up.endpoints,
+                balance,
+                Duration::from_millis(up.connect_timeout_ms),
+                Duration::from_millis(up.timeout_ms),
+            ) {
+                Ok(c) => {
+                    clusters.insert(name.clone(), Arc::new(c));
+                }
+                Err(e) => errors.push(config.error_at(&format!("upstreams.{name}.endpoints"), e)),
+            }
+        }
+
+        let mut routes = Vec::new();
+        for (ri, rc) in config.routes.iter().enumerate() {
+            let route_name: Arc<str> = config.route_name(ri).into();
+            let caps = |plugin: &str| {
+                Arc::new(Capabilities { plugin: plugin.into(), route: route_name.clone(), state: state.clone() })
+            };
+            let mut steps = Vec::new();
+            for (si, step) in rc.pipeline.iter().enumerate() {
+                let key = format!("routes[{ri}].pipeline[{si}]");
+                let (Some(pc), Some(component)) =
+                    (config.plugins.get(&step.plugin), components.get(step.plugin.as_str()))
+                else {
+                    continue; // reported by validation or loading
+                };
+                let spec = FilterSpec {
+                    plugin: step.plugin.as_str().into(),
+                    route: route_name.clone(),
+                    position: si as u16,
+                    config_json: step.config_json(),
+                    timeout: Duration::from_millis(pc.timeout_ms),
+                    memory_limit: pc.memory_limit_bytes as usize,
+                    pool_size: pc.pool_size as usize,
+                    fresh: pc.instances == InstanceMode::Fresh,
+                    grants: grants_of(&pc.grants),
+                };
+                match FilterPool::new(engine, component, spec, caps(&step.plugin)).await {
+                    Ok(pool) => steps.push(Step { pool: Arc::new(pool), fail_open: pc.on_error == OnError::FailOpen }),
+                    Err(e) => {
+                        let at = match e {
+                            PluginError::Rejected(_) => format!("{key}.config"),
+                            _ => format!("{key}.plugin"),
+                        };
+                        errors.push(config.error_at(
+                            &at,
+                            format!("plugin \"{}\" in route \"{route_name}\": {e}", step.plugin),
+                        ));
+                    }
+                }
+            }
+            let destination = if let Some(h) = &rc.handler {
+                let (Some(pc), Some(component)) = (config.plugins.get(h), components.get(h.as_str())) else {
+                    continue;
+                };
+                let spec = HandlerSpec {
+                    plugin: h.as_str().into(),
+                    timeout: Duration::from_millis(pc.timeout_ms),
+                    memory_limit: pc.memory_limit_bytes as usize,
+                    grants: grants_of(&pc.grants),
+                };
+                match Handler::new(engine, component, spec, caps(h)).await {
+                    Ok(handler) => Destination::Handler(Arc::new(handler)),
+                    Err(e) => {
+                        errors.push(config.error_at(
+                            &format!("routes[{ri}].handler"),
+                            format!("handler \"{h}\" in route \"{route_name}\": {e}"),
+                        ));
+                        continue;
+                    }
+                }
+            } else if let Some(u) = &rc.upstream {
+                match clusters.get(u) {
+                    Some(c) => Destination::Upstream(c.clone()),
+                    None => continue,
+                }
+            } else {
+                continue;
+            };
+            let matcher = match compile_match(&rc.match_) {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(config.error_at(&format!("routes[{ri}].match"), e));
+                    continue;
+                }
+            };
+            routes.push((
+                matcher,
+                Arc::new(Route {
+                    metrics: RouteMetrics::new(&route_name),
+                    name: route_name,
+                    steps,
+                    destination,
+                    max_attempts: rc.max_attempts.max(1),
+                    plugin_body: rc.plugin_body,
+                    max_response_body: config.server.max_response_body_bytes as usize,
+                }),
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Gateway {
+            routes,
+            clusters,
+            max_request_body: config.server.max_request_body_bytes as usize,
+        })
+    }
+
+    /// Routes and their pipelines.
+    pub fn summary(&self) -> Vec<RouteSummary> {
+        self.routes
+            .iter()
+            .map(|(_, r)| RouteSummary {
+                name: r.name.to_string(),
+                pipeline: r.steps.iter().map(|s| s.pool.spec().plugin.to_string()).collect(),
+                idle_instances: r.steps.iter().map(|s| s.pool.idle()).collect(),
+            })
+            .collect()
+    }
+
+    /// Serve one request.
+    pub fn handle(
+        self: Arc<Self>,
+        req: http::Request<hyper::body::Incoming>,
+        client_addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = http::Response<BoxBody>> + Send>> {
+        Box::pin(async move { self.serve(req, client_addr).await })
+    }
+
+    async fn serve(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+        client_addr: SocketAddr,
+    ) -> http::Response<BoxBody> {
+        let started = Instant::now();
+        let (parts, body) = req.into_parts();
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()));
+        let mut matched: Option<Arc<Route>> = None;
+        for (m, r) in &self.routes {
+            if m.matches(&parts.method, parts.uri.path(), host, &parts.headers) {
+                matched = Some(r.clone());
+                break;
+            }
+        }
+        let Some(route) = matched else {
+            return pipeline::not_found();
+        };
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_request_body as u64) {
+            return too_large(self.max_request_body);
+        }
+        let body = match collect_limited(body, self.max_request_body).await {
+            Ok(b) => b,
+            Err(CollectError::TooLarge(_)) => return too_large(self.max_request_body),
+            Err(CollectError::Read(_)) => {
+                return error_response(StatusCode::BAD_REQUEST, "bad_request_body", "the request body could not be read")
+            }
+        };
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        let req = Box::new(RequestState {
+            method: parts.method,
+            uri: parts.uri,
+            headers,
+            scheme: "http",
+            client_addr,
+            route: route.name.clone(),
+            body,
+            body_exposed: route.plugin_body,
+            attempt_timeout: None,
+            context: Vec::new(),
+        });
+        pipeline::run(&route, &self.clusters, req, started).await
+    }
+}
+
+fn too_large(limit: usize) -> http::Response<BoxBody> {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_body_too_large",
+        &format!("the request body exceeds the limit of {limit} bytes"),
+    )
+}
+
+fn compile_match(m: &ficus_config::Match) -> Result<RouteMatch, String> {
+    let path = match (&m.path, &m.path_prefix) {
+        (Some(p), _) => PathMatch::Exact(p.clone()),
+        (None, Some(p)) => PathMatch::Prefix(p.clone()),
+        (None, None) => PathMatch::Prefix("/".into()),
+    };
+    let methods = m
+        .methods
+        .iter()
+        .map(|s| Method::from_bytes(s.to_ascii_uppercase().as_bytes()).map_err(|_| format!("invalid method {s:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let headers = m
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            let n = HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name {n:?}"))?;
+            let v = HeaderValue::from_str(v).map_err(|_| format!("invalid header value {v:?}"))?;
+            Ok((n, v))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(RouteMatch { path, methods, host: m.host.as_ref().map(|h| h.to_ascii_lowercase()), headers })
+}

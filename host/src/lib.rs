@@ -1,0 +1,19 @@
+//! Ficus: a WebAssembly plugin gateway.
+//!
+//! A hyper server routes each request to a per-route pipeline of sandboxed
+//! Wasm component filters (wasmtime), then to an upstream cluster or a
+//! `wasi:http` handler component. See the README for the architecture.
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod app;
+pub mod capability;
+pub mod gateway;
+pub mod pipeline;
+pub mod plugin;
+pub mod server;
+pub mod upstream;
+
+/// Directory holding the plugins built from `plugins/` by the build script.
+pub const WASM_DIR: &str = env!("FICUS_WASM_DIR");

@@ -1,0 +1,126 @@
+//! The request and response state that flows through a route's pipeline and
+//! is lent to plugins (moved into the plugin's store for one hook call and
+//! taken back afterwards).
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Headers that describe one connection, not the message. They are never
+/// forwarded, and plugins may not set them.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether plugins may edit this header.
+pub fn plugin_may_edit(name: &HeaderName) -> bool {
+    name != http::header::CONTENT_LENGTH && !HOP_BY_HOP.contains(&name.as_str())
+}
+
+/// Remove hop-by-hop headers, including those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+/// The client request as the pipeline sees it.
+#[derive(Debug)]
+pub struct RequestState {
+    /// Method.
+    pub method: Method,
+    /// Request target; `path_and_query` is what filters see and edit.
+    pub uri: Uri,
+    /// Headers (hop-by-hop already removed).
+    pub headers: HeaderMap,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The client's address.
+    pub client_addr: SocketAddr,
+    /// Name of the matched route.
+    pub route: Arc<str>,
+    /// The buffered request body.
+    pub body: Bytes,
+    /// Whether plugins may see and replace the body.
+    pub body_exposed: bool,
+    /// Per-attempt upstream timeout chosen by a plugin.
+    pub attempt_timeout: Option<Duration>,
+    /// Per-request plugin context: (pipeline position, key, value).
+    pub context: Vec<(u16, String, String)>,
+}
+
+impl RequestState {
+    /// The authority: from the URI (HTTP/2) or the `Host` header.
+    pub fn authority(&self) -> String {
+        if let Some(a) = self.uri.authority() {
+            return a.as_str().to_owned();
+        }
+        self.headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Path and query (`/` when empty).
+    pub fn path_and_query(&self) -> &str {
+        self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    }
+
+    /// Read a context value stored by the filter at `pos`.
+    pub fn context(&self, pos: u16, key: &str) -> Option<&str> {
+        self.context
+            .iter()
+            .find(|(p, k, _)| *p == pos && k == key)
+            .map(|(_, _, v)| v.as_str())
+    }
+
+    /// Store a context value for the filter at `pos`.
+    pub fn set_context(&mut self, pos: u16, key: String, value: String) {
+        if let Some(slot) = self.context.iter_mut().find(|(p, k, _)| *p == pos && *k == key) {
+            slot.2 = value;
+        } else {
+            self.context.push((pos, key, value));
+        }
+    }
+}
+
+/// The response head (and, when the route buffers bodies, the body) as the
+/// pipeline sees it. A streamed body travels separately.
+#[derive(Debug)]
+pub struct ResponseState {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Buffered body, when exposed to plugins or produced locally.
+    pub body: Option<Bytes>,
+    /// Whether plugins may see and replace the body.
+    pub body_exposed: bool,
+}
+
+/// Parse a header name and value given by a plugin.
+pub fn header_pair(name: &str, value: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    let n = HeaderName::from_bytes(name.as_bytes()).ok()?;
+    let v = HeaderValue::from_bytes(value).ok()?;
+    Some((n, v))
+}

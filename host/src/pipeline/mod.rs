@@ -1,0 +1,497 @@
+//! A request's life on a route: `on-request` hooks in order, the upstream
+//! (or Wasm handler) with retries requested by filters, `on-response` hooks
+//! in reverse order, then the response to the client.
+
+pub mod exchange;
+pub mod response;
+
+use crate::plugin::bindings::{AttemptInfo, RequestAction, ResponseAction, ResponseSpec, UpstreamError};
+use crate::plugin::filter::{FilterPool, Instance};
+use crate::plugin::handler::Handler;
+use crate::plugin::{Hook, PluginError};
+use crate::upstream::{kind_name, status_for, Cluster};
+use bytes::Bytes;
+use exchange::{strip_hop_by_hop, RequestState, ResponseState};
+use http::{HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Full};
+use response::{error_response, BoxBody, Reply};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One step of a route's pipeline.
+pub struct Step {
+    /// The plugin's warm instances for this route.
+    pub pool: Arc<FilterPool>,
+    /// Skip the plugin when it fails (instead of failing the request).
+    pub fail_open: bool,
+}
+
+/// Where a route sends requests after its filters.
+pub enum Destination {
+    /// An upstream cluster.
+    Upstream(Arc<Cluster>),
+    /// A `wasi:http` handler component.
+    Handler(Arc<Handler>),
+}
+
+/// Everything a route needs at request time.
+pub struct Route {
+    /// Route name.
+    pub name: Arc<str>,
+    /// The pipeline, in order.
+    pub steps: Vec<Step>,
+    /// Default destination.
+    pub destination: Destination,
+    /// Cap on upstream attempts when filters ask for retries.
+    pub max_attempts: u32,
+    /// Buffer bodies and expose them to plugins.
+    pub plugin_body: bool,
+    /// Limit for buffered response bodies.
+    pub max_response_body: usize,
+    /// Metrics handles.
+    pub metrics: RouteMetrics,
+}
+
+/// Pre-registered per-route metrics (cheap on the request path).
+pub struct RouteMetrics {
+    by_class: [metrics::Counter; 5],
+    duration: metrics::Histogram,
+}
+
+impl RouteMetrics {
+    /// Register the route's metrics.
+    pub fn new(route: &str) -> Self {
+        let class = |c: &'static str| {
+            metrics::counter!("ficus_requests_total", "route" => route.to_owned(), "class" => c)
+        };
+        RouteMetrics {
+            by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            duration: metrics::histogram!("ficus_request_duration_seconds", "route" => route.to_owned()),
+        }
+    }
+
+    fn record(&self, status: StatusCode, started: Instant) {
+        let i = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[i].increment(1);
+        self.duration.record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Look-up of clusters by name, for filters that choose the upstream.
+pub type Clusters = HashMap<String, Arc<Cluster>>;
+
+/// A response being produced: head (lent to filters), body and attempt info.
+struct Produced {
+    state: Box<ResponseState>,
+    stream: Option<BoxBody>,
+    info: AttemptInfo,
+}
+
+impl Produced {
+    fn local(spec: ResponseSpec, attempt: u32, exposed: bool) -> Self {
+        let mut headers = http::HeaderMap::new();
+        for (n, v) in spec.headers {
+            if let Some((n, v)) = exchange::header_pair(&n, &v) {
+                headers.append(n, v);
+            }
+        }
+        strip_hop_by_hop(&mut headers);
+        headers.remove(http::header::CONTENT_LENGTH);
+        Produced {
+            state: Box::new(ResponseState {
+                status: StatusCode::from_u16(spec.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                headers,
+                body: Some(Bytes::from(spec.body)),
+                body_exposed: exposed,
+            }),
+            stream: None,
+            info: AttemptInfo {
+                number: attempt,
+                cluster: None,
+                endpoint: None,
+                latency_us: 0,
+                error: None,
+                local: true,
+            },
+        }
+    }
+
+    fn error(reply: Reply, info: AttemptInfo, exposed: bool) -> Self {
+        Produced {
+            state: Box::new(ResponseState {
+                status: reply.status,
+                headers: reply.headers,
+                body: Some(reply.body),
+                body_exposed: exposed,
+            }),
+            stream: None,
+            info,
+        }
+    }
+
+    fn into_response(self) -> http::Response<BoxBody> {
+        let ResponseState { status, headers, body, .. } = *self.state;
+        let body = match (body, self.stream) {
+            (Some(b), _) => response::full(b),
+            (None, Some(s)) => s,
+            (None, None) => response::full(Bytes::new()),
+        };
+        let mut resp = http::Response::new(body);
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp
+    }
+}
+
+fn plugin_failed(route: &Route, step: &Step, hook: Hook, err: &PluginError) {
+    let spec = step.pool.spec();
+    metrics::counter!(
+        "ficus_plugin_errors_total",
+        "plugin" => spec.plugin.to_string(),
+        "route" => route.name.to_string(),
+        "hook" => hook.as_str(),
+        "kind" => err.kind(),
+    )
+    .increment(1);
+    tracing::error!(
+        plugin = %spec.plugin,
+        route = %route.name,
+        hook = hook.as_str(),
+        fail_open = step.fail_open,
+        "plugin failed: {err}"
+    );
+}
+
+fn plugin_error_reply() -> Reply {
+    Reply::text(StatusCode::INTERNAL_SERVER_ERROR, "plugin_error", "the request failed in a gateway plugin")
+}
+
+/// Run a matched request through the route.
+pub async fn run(
+    route: &Route,
+    clusters: &Clusters,
+    mut req: Box<RequestState>,
+    started: Instant,
+) -> http::Response<BoxBody> {
+    let n = route.steps.len();
+    let mut slots: Vec<Option<Instance>> = Vec::new();
+    slots.resize_with(n, || None);
+    let mut ran: Vec<usize> = Vec::with_capacity(n);
+    let mut target = None;
+    let mut local: Option<Produced> = None;
+
+    for (i, step) in route.steps.iter().enumerate() {
+        if !step.pool.wants_request() {
+            ran.push(i);
+            continue;
+        }
+        let (back, result) = step.pool.on_request(&mut slots[i], req).await;
+        req = back;
+        match result {
+            Ok(RequestAction::Continue) => ran.push(i),
+            Ok(RequestAction::Route(t)) => {
+                target = Some(t);
+                ran.push(i);
+            }
+            Ok(RequestAction::Respond(spec)) => {
+                local = Some(Produced::local(spec, 1, route.plugin_body));
+                break;
+            }
+            Err(e) => {
+                plugin_failed(route, step, Hook::OnRequest, &e);
+                if !step.fail_open {
+                    let info = local_info(1);
+                    local = Some(Produced::error(plugin_error_reply(), info, route.plugin_body));
+                    break;
+                }
+            }
+        }
+    }
+
+    let mut attempt = 1u32;
+    loop {
+        let mut produced = match local.take() {
+            Some(p) => p,
+            None => destination(route, clusters, &req, target.as_ref(), attempt).await,
+        };
+        let mut retry = None;
+        for &i in ran.iter().rev() {
+            let step = &route.steps[i];
+            if !step.pool.wants_response() {
+                continue;
+            }
+            let (back_req, back_resp, result) =
+                step.pool.on_response(&mut slots[i], req, produced.state, &produced.info).await;
+            req = back_req;
+            produced.state = back_resp;
+            match result {
+                Ok(ResponseAction::Continue) => {}
+                Ok(ResponseAction::Replace(spec)) => {
+                    let info = produced.info.clone();
+                    produced = Produced::local(spec, attempt, route.plugin_body);
+                    produced.info = info;
+                }
+                Ok(ResponseAction::Retry(delay)) => {
+                    if !produced.info.local && attempt < route.max_attempts {
+                        retry = Some(delay);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    plugin_failed(route, step, Hook::OnResponse, &e);
+                    if !step.fail_open {
+                        let info = produced.info.clone();
+                        produced = Produced::error(plugin_error_reply(), info, route.plugin_body);
+                    }
+                }
+            }
+        }
+        if let Some(delay) = retry {
+            drop(produced);
+            tokio::time::sleep(Duration::from_millis(u64::from(delay.min(60_000)))).await;
+            attempt += 1;
+            continue;
+        }
+        let resp = produced.into_response();
+        route.metrics.record(resp.status(), started);
+        return resp;
+    }
+}
+
+fn local_info(attempt: u32) -> AttemptInfo {
+    AttemptInfo { number: attempt, cluster: None, endpoint: None, latency_us: 0, error: None, local: true }
+}
+
+/// Make one attempt at the destination.
+async fn destination(
+    route: &Route,
+    clusters: &Clusters,
+    req: &RequestState,
+    target: Option<&crate::plugin::bindings::UpstreamTarget>,
+    attempt: u32,
+) -> Produced {
+    let cluster = match (target, &route.destination) {
+        (Some(t), _) => match clusters.get(&t.cluster) {
+            Some(c) => c.clone(),
+            None => {
+                tracing::warn!(route = %route.name, cluster = %t.cluster, "a filter chose an unknown upstream cluster");
+                return upstream_failure(route, attempt, Some(&t.cluster), None, 0, UpstreamError::NoEndpoint);
+            }
+        },
+        (None, Destination::Upstream(c)) => c.clone(),
+        (None, Destination::Handler(h)) => return call_handler(route, h, req, attempt).await,
+    };
+    let key = target.and_then(|t| t.endpoint_key.as_deref());
+    let Some(endpoint) = cluster.pick(key) else {
+        return upstream_failure(route, attempt, Some(&cluster.name), None, 0, UpstreamError::NoEndpoint);
+    };
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(endpoint.authority.clone())
+        .path_and_query(req.path_and_query())
+        .build();
+    let uri = match uri {
+        Ok(u) => u,
+        Err(_) => {
+            return upstream_failure(route, attempt, Some(&cluster.name), Some(&endpoint.addr), 0, UpstreamError::Protocol)
+        }
+    };
+    let mut out = http::Request::new(Full::new(req.body.clone()));
+    *out.method_mut() = req.method.clone();
+    *out.uri_mut() = uri;
+    let mut headers = req.headers.clone();
+    if !headers.contains_key(http::header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&req.authority()) {
+            headers.insert(http::header::HOST, v);
+        }
+    }
+    let client_ip = req.client_addr.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(req.scheme));
+    *out.headers_mut() = headers;
+
+    let timeout = req.attempt_timeout.unwrap_or(cluster.timeout);
+    let sent = Instant::now();
+    let result = cluster.send(out, timeout).await;
+    let latency_us = sent.elapsed().as_micros() as u64;
+    match result {
+        Ok(resp) => {
+            metrics::counter!("ficus_upstream_attempts_total", "cluster" => cluster.name.to_string(), "outcome" => "response").increment(1);
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let info = AttemptInfo {
+                number: attempt,
+                cluster: Some(cluster.name.to_string()),
+                endpoint: Some(endpoint.addr.clone()),
+                latency_us,
+                error: None,
+                local: false,
+            };
+            if route.plugin_body {
+                match response::collect_limited(body, route.max_response_body).await {
+                    Ok(collected) => {
+                        parts.headers.remove(http::header::CONTENT_LENGTH);
+                        Produced {
+                            state: Box::new(ResponseState {
+                                status: parts.status,
+                                headers: parts.headers,
+                                body: Some(collected),
+                                body_exposed: true,
+                            }),
+                            stream: None,
+                            info,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(route = %route.name, cluster = %cluster.name, "upstream response body failed: {e}");
+                        upstream_failure(route, attempt, Some(&cluster.name), Some(&endpoint.addr), latency_us, UpstreamError::Protocol)
+                    }
+                }
+            } else {
+                Produced {
+                    state: Box::new(ResponseState {
+                        status: parts.status,
+                        headers: parts.headers,
+                        body: None,
+                        body_exposed: false,
+                    }),
+                    stream: Some(body.map_err(|e| Box::new(e) as response::BoxError).boxed_unsync()),
+                    info,
+                }
+            }
+        }
+        Err(failure) => {
+            metrics::counter!("ficus_upstream_attempts_total", "cluster" => cluster.name.to_string(), "outcome" => kind_name(failure.kind)).increment(1);
+            tracing::warn!(
+                route = %route.name,
+                cluster = %cluster.name,
+                endpoint = %endpoint.addr,
+                attempt,
+                "upstream attempt failed ({}): {}",
+                kind_name(failure.kind),
+                failure.detail
+            );
+            upstream_failure(route, attempt, Some(&cluster.name), Some(&endpoint.addr), latency_us, failure.kind)
+        }
+    }
+}
+
+fn upstream_failure(
+    route: &Route,
+    attempt: u32,
+    cluster: Option<&str>,
+    endpoint: Option<&str>,
+    latency_us: u64,
+    kind: UpstreamError,
+) -> Produced {
+    let status = status_for(kind);
+    let message = match kind {
+        UpstreamError::ConnectFailed => "could not connect to the upstream service",
+        UpstreamError::ConnectTimeout => "timed out connecting to the upstream service",
+        UpstreamError::Timeout => "the upstream service did not answer in time",
+        UpstreamError::Reset => "the upstream service closed the connection",
+        UpstreamError::Protocol => "the upstream service sent an invalid response",
+        UpstreamError::NoEndpoint => "no upstream service is available",
+    };
+    let reply = Reply::text(status, &format!("upstream_{}", kind_name(kind).replace('-', "_")), message);
+    Produced::error(
+        reply,
+        AttemptInfo {
+            number: attempt,
+            cluster: cluster.map(str::to_owned),
+            endpoint: endpoint.map(str::to_owned),
+            latency_us,
+            error: Some(kind),
+            local: false,
+        },
+        route.plugin_body,
+    )
+}
+
+async fn call_handler(route: &Route, handler: &Handler, req: &RequestState, attempt: u32) -> Produced {
+    let mut builder = http::Request::builder().method(req.method.clone());
+    let authority = req.authority();
+    let uri = http::Uri::builder()
+        .scheme(req.scheme)
+        .authority(if authority.is_empty() { "localhost" } else { authority.as_str() })
+        .path_and_query(req.path_and_query())
+        .build();
+    builder = builder.uri(uri.unwrap_or_else(|_| http::Uri::from_static("/")));
+    let mut out = match builder.body(Full::new(req.body.clone())) {
+        Ok(r) => r,
+        Err(_) => return Produced::error(plugin_error_reply(), local_info(attempt), route.plugin_body),
+    };
+    *out.headers_mut() = req.headers.clone();
+    let sent = Instant::now();
+    match handler.handle(out).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let info = AttemptInfo {
+                number: attempt,
+                cluster: None,
+                endpoint: None,
+                latency_us: sent.elapsed().as_micros() as u64,
+                error: None,
+                local: true,
+            };
+            let body = body.map_err(|e| Box::new(e) as response::BoxError).boxed_unsync();
+            if route.plugin_body {
+                match response::collect_limited(body, route.max_response_body).await {
+                    Ok(c) => {
+                        parts.headers.remove(http::header::CONTENT_LENGTH);
+                        Produced {
+                            state: Box::new(ResponseState {
+                                status: parts.status,
+                                headers: parts.headers,
+                                body: Some(c),
+                                body_exposed: true,
+                            }),
+                            stream: None,
+                            info,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(route = %route.name, "handler response body failed: {e}");
+                        Produced::error(plugin_error_reply(), info, true)
+                    }
+                }
+            } else {
+                Produced {
+                    state: Box::new(ResponseState {
+                        status: parts.status,
+                        headers: parts.headers,
+                        body: None,
+                        body_exposed: false,
+                    }),
+                    stream: Some(body),
+                    info,
+                }
+            }
+        }
+        Err(e) => {
+            metrics::counter!(
+                "ficus_plugin_errors_total",
+                "plugin" => "handler",
+                "route" => route.name.to_string(),
+                "hook" => Hook::Handle.as_str(),
+                "kind" => e.kind(),
+            )
+            .increment(1);
+            tracing::error!(route = %route.name, hook = "handle", "handler failed: {e}");
+            Produced::error(plugin_error_reply(), local_info(attempt), route.plugin_body)
+        }
+    }
+}
+
+/// The 404 for requests no route matches.
+pub fn not_found() -> http::Response<BoxBody> {
+    error_response(StatusCode::NOT_FOUND, "no_route", "no route matches this request")
+}

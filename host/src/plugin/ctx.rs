@@ -1,0 +1,556 @@
+//! The data each plugin store carries, and the host side of the WIT
+//! interfaces (`types`, `log`, `metrics`, `state`) implemented on it.
+
+use super::bindings::ficus::gateway::{log, metrics, state, types};
+use super::bindings::HeaderError;
+use crate::capability;
+use crate::capability::state::{StateBackend, StateError};
+use crate::pipeline::exchange::{header_pair, plugin_may_edit, RequestState, ResponseState};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, StatusCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::ResourceLimiter;
+use super::sandbox::{wasi_ctx, OutputCapture};
+use super::{Grants, Hook, PluginError};
+use std::future::Future;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Marker for the `request` resource; the data is [`PluginCtx::req`].
+pub struct RequestHandle;
+/// Marker for the `response` resource; the data is [`PluginCtx::resp`].
+pub struct ResponseHandle;
+
+/// What a plugin instance may use, shared by all its instances on a route.
+pub struct Capabilities {
+    /// Plugin name (for logs, metrics and the state namespace).
+    pub plugin: Arc<str>,
+    /// Route name.
+    pub route: Arc<str>,
+    /// The state backend.
+    pub state: Arc<dyn StateBackend>,
+}
+
+/// Enforces the per-instance memory limit and remembers when it was hit.
+pub struct MemoryLimiter {
+    /// Maximum linear memory per instance, in bytes.
+    pub limit: usize,
+    /// Set when a growth past the limit was refused.
+    pub exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            return Err(wasmtime::format_err!(
+                "memory limit exceeded: {desired} bytes requested, limit {} bytes",
+                self.limit
+            ));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Store data of a filter plugin instance.
+pub struct PluginCtx {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) output: OutputCapture,
+    pub(crate) caps: Arc<Capabilities>,
+    /// The request lent for the current hook call.
+    pub(crate) req: Option<Box<RequestState>>,
+    /// The response lent for the current `on-response` call.
+    pub(crate) resp: Option<Box<ResponseState>>,
+    /// Pipeline position of this filter (namespaces request context).
+    pub(crate) position: u16,
+    /// When the current call started, and its deadline.
+    pub(crate) call_started: Instant,
+    pub(crate) call_timeout: Duration,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) http_hooks: DenyOutbound,
+}
+
+/// `wasi:http` hooks that refuse outgoing requests: plugins have no network
+/// access unless a future grant provides it.
+pub struct DenyOutbound;
+
+impl WasiHttpHooks for DenyOutbound {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>),
+                    HttpError,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(HttpError::HttpRequestDenied) })
+    }
+}
+
+impl WasiHttpView for PluginCtx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_hooks }
+    }
+}
+
+/// Create a store for one plugin instance: sandboxed WASI, memory limiter,
+/// and an epoch callback that yields while a call runs and interrupts it at
+/// its deadline.
+pub fn new_store(
+    engine: &Engine,
+    caps: Arc<Capabilities>,
+    grants: Grants,
+    memory_limit: usize,
+    timeout: Duration,
+    position: u16,
+) -> Store<PluginCtx> {
+    let output = OutputCapture::default();
+    let ctx = PluginCtx {
+        wasi: wasi_ctx(grants.clock, &output),
+        table: ResourceTable::new(),
+        limiter: MemoryLimiter { limit: memory_limit, exceeded: false },
+        output,
+        caps,
+        req: None,
+        resp: None,
+        position,
+        call_started: Instant::now(),
+        call_timeout: timeout,
+        http: WasiHttpCtx::new(),
+        http_hooks: DenyOutbound,
+    };
+    let mut store = Store::new(engine, ctx);
+    store.limiter(|c| &mut c.limiter);
+    store.epoch_deadline_callback(|ctx| {
+        let d = ctx.data();
+        if d.call_started.elapsed() >= d.call_timeout {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            // Let other tasks run while a long call continues.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// Start the deadline clock for a call.
+pub fn arm(store: &mut Store<PluginCtx>) {
+    store.data_mut().call_started = Instant::now();
+    store.set_epoch_deadline(1);
+}
+
+/// Turn a wasmtime error from a call into a [`PluginError`].
+pub fn classify(store: &mut Store<PluginCtx>, hook: Hook, e: wasmtime::Error) -> PluginError {
+    let data = store.data_mut();
+    let output = data.output.take();
+    if data.limiter.exceeded {
+        return PluginError::MemoryLimit {
+            hook: hook.as_str(),
+            detail: format!("limit {} bytes", data.limiter.limit),
+        };
+    }
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return PluginError::Timeout {
+            hook: hook.as_str(),
+            timeout_ms: data.call_timeout.as_millis() as u64,
+        };
+    }
+    let message = match e.downcast_ref::<Trap>() {
+        Some(t) => t.to_string(),
+        None => format!("{e:#}"),
+    };
+    PluginError::Trap { hook: hook.as_str(), message, output }
+}
+
+impl WasiView for PluginCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+fn outside_call() -> wasmtime::Error {
+    wasmtime::format_err!("request/response handle used outside of its hook call")
+}
+
+impl PluginCtx {
+    fn req(&mut self) -> wasmtime::Result<&mut RequestState> {
+        self.req.as_deref_mut().ok_or_else(outside_call)
+    }
+    fn resp(&mut self) -> wasmtime::Result<&mut ResponseState> {
+        self.resp.as_deref_mut().ok_or_else(outside_call)
+    }
+    fn state_key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.caps.plugin.len() + 1 + key.len());
+        k.push_str(&self.caps.plugin);
+        k.push('\u{0}');
+        k.push_str(key);
+        k
+    }
+}
+
+fn header_one(h: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    h.get(name).map(|v| v.as_bytes().to_vec())
+}
+fn header_all(h: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
+    h.get_all(name).iter().map(|v| v.as_bytes().to_vec()).collect()
+}
+fn header_list(h: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    h.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect()
+}
+fn header_edit(
+    h: &mut HeaderMap,
+    name: &str,
+    value: &[u8],
+    append: bool,
+) -> Result<(), HeaderError> {
+    let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeaderError::InvalidName)?;
+    if !plugin_may_edit(&n) {
+        return Err(HeaderError::Forbidden);
+    }
+    let (n, v) = header_pair(n.as_str(), value).ok_or(HeaderError::InvalidValue)?;
+    if append {
+        h.append(n, v);
+    } else {
+        h.insert(n, v);
+    }
+    Ok(())
+}
+fn header_remove(h: &mut HeaderMap, name: &str) -> bool {
+    match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(n) if plugin_may_edit(&n) => h.remove(n).is_some(),
+        _ => false,
+    }
+}
+
+impl types::Host for PluginCtx {}
+
+impl types::HostRequest for PluginCtx {
+    fn method(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.req()?.method.as_str().to_owned())
+    }
+    fn scheme(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.req()?.scheme.to_owned())
+    }
+    fn authority(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.req()?.authority())
+    }
+    fn path_with_query(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.req()?.path_and_query().to_owned())
+    }
+    fn set_path_with_query(
+        &mut self,
+        _: Resource<RequestHandle>,
+        value: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let req = self.req()?;
+        if !value.starts_with('/') {
+            return Ok(Err(format!("path must start with '/': {value:?}")));
+        }
+        let pq = match http::uri::PathAndQuery::try_from(value.as_str()) {
+            Ok(pq) => pq,
+            Err(e) => return Ok(Err(format!("invalid path {value:?}: {e}"))),
+        };
+        let mut parts = std::mem::take(&mut req.uri).into_parts();
+        parts.path_and_query = Some(pq);
+        req.uri = http::Uri::from_parts(parts).unwrap_or_default();
+        Ok(Ok(()))
+    }
+    fn client_addr(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.req()?.client_addr.to_string())
+    }
+    fn route(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.req()?.route.to_string())
+    }
+    fn header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(header_one(&self.req()?.headers, &name))
+    }
+    fn header_all(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+    ) -> wasmtime::Result<Vec<Vec<u8>>> {
+        Ok(header_all(&self.req()?.headers, &name))
+    }
+    fn headers(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        Ok(header_list(&self.req()?.headers))
+    }
+    fn set_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), HeaderError>> {
+        Ok(header_edit(&mut self.req()?.headers, &name, &value, false))
+    }
+    fn append_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), HeaderError>> {
+        Ok(header_edit(&mut self.req()?.headers, &name, &value, true))
+    }
+    fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) -> wasmtime::Result<bool> {
+        Ok(header_remove(&mut self.req()?.headers, &name))
+    }
+    fn body(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<Option<Vec<u8>>> {
+        let req = self.req()?;
+        Ok(req.body_exposed.then(|| req.body.to_vec()))
+    }
+    fn set_body(
+        &mut self,
+        _: Resource<RequestHandle>,
+        body: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let req = self.req()?;
+        if !req.body_exposed {
+            return Ok(Err("the route does not expose bodies to plugins (plugin_body = false)".into()));
+        }
+        req.body = Bytes::from(body);
+        Ok(Ok(()))
+    }
+    fn set_attempt_timeout(&mut self, _: Resource<RequestHandle>, ms: u32) -> wasmtime::Result<()> {
+        self.req()?.attempt_timeout = Some(Duration::from_millis(u64::from(ms.max(1))));
+        Ok(())
+    }
+    fn context(
+        &mut self,
+        _: Resource<RequestHandle>,
+        key: String,
+    ) -> wasmtime::Result<Option<String>> {
+        let pos = self.position;
+        Ok(self.req()?.context(pos, &key).map(str::to_owned))
+    }
+    fn set_context(
+        &mut self,
+        _: Resource<RequestHandle>,
+        key: String,
+        value: String,
+    ) -> wasmtime::Result<()> {
+        let pos = self.position;
+        let req = self.req()?;
+        if req.context.len() >= 256 || key.len() + value.len() > 16 * 1024 {
+            return Err(wasmtime::format_err!("request context limit exceeded (256 entries, 16 KiB each)"));
+        }
+        req.set_context(pos, key, value);
+        Ok(())
+    }
+    fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl types::HostResponse for PluginCtx {
+    fn status(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<u16> {
+        Ok(self.resp()?.status.as_u16())
+    }
+    fn set_status(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        status: u16,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let resp = self.resp()?;
+        match StatusCode::from_u16(status) {
+            Ok(s) if (100..=599).contains(&status) => {
+                resp.status = s;
+                Ok(Ok(()))
+            }
+            _ => Ok(Err(format!("invalid status code {status} (expected 100..=599)"))),
+        }
+    }
+    fn header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(header_one(&self.resp()?.headers, &name))
+    }
+    fn header_all(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+    ) -> wasmtime::Result<Vec<Vec<u8>>> {
+        Ok(header_all(&self.resp()?.headers, &name))
+    }
+    fn headers(
+        &mut self,
+        _: Resource<ResponseHandle>,
+    ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        Ok(header_list(&self.resp()?.headers))
+    }
+    fn set_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), HeaderError>> {
+        Ok(header_edit(&mut self.resp()?.headers, &name, &value, false))
+    }
+    fn append_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), HeaderError>> {
+        Ok(header_edit(&mut self.resp()?.headers, &name, &value, true))
+    }
+    fn remove_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+    ) -> wasmtime::Result<bool> {
+        Ok(header_remove(&mut self.resp()?.headers, &name))
+    }
+    fn body(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<Option<Vec<u8>>> {
+        let resp = self.resp()?;
+        Ok(if resp.body_exposed { resp.body.as_ref().map(|b| b.to_vec()) } else { None })
+    }
+    fn set_body(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        body: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let resp = self.resp()?;
+        if !resp.body_exposed {
+            return Ok(Err("the route does not expose bodies to plugins (plugin_body = false)".into()));
+        }
+        resp.body = Some(Bytes::from(body));
+        Ok(Ok(()))
+    }
+    fn drop(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl log::Host for PluginCtx {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        capability::log::emit(&self.caps.plugin, &self.caps.route, level, &message);
+        Ok(())
+    }
+    fn enabled(&mut self, level: log::Level) -> wasmtime::Result<bool> {
+        Ok(capability::log::enabled(level))
+    }
+}
+
+impl metrics::Host for PluginCtx {
+    fn counter_add(
+        &mut self,
+        name: String,
+        value: u64,
+        labels: Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(capability::metrics::plugin_labels(&name, labels, &self.caps.plugin, &self.caps.route)
+            .map(|l| ::metrics::counter!(name, l).increment(value))
+            .map_err(|e| e.to_string()))
+    }
+    fn gauge_set(
+        &mut self,
+        name: String,
+        value: f64,
+        labels: Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(capability::metrics::plugin_labels(&name, labels, &self.caps.plugin, &self.caps.route)
+            .map(|l| ::metrics::gauge!(name, l).set(value))
+            .map_err(|e| e.to_string()))
+    }
+    fn histogram_observe(
+        &mut self,
+        name: String,
+        value: f64,
+        labels: Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(capability::metrics::plugin_labels(&name, labels, &self.caps.plugin, &self.caps.route)
+            .map(|l| ::metrics::histogram!(name, l).record(value))
+            .map_err(|e| e.to_string()))
+    }
+}
+
+fn to_wit(e: StateError) -> state::Error {
+    match e {
+        StateError::Unavailable(m) => state::Error::Unavailable(m),
+        StateError::Invalid(m) => state::Error::Invalid(m),
+        StateError::TooLarge => state::Error::TooLarge,
+    }
+}
+
+fn ttl(ms: Option<u64>) -> Option<Duration> {
+    ms.map(Duration::from_millis)
+}
+
+impl state::Host for PluginCtx {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<state::Entry>, state::Error>> {
+        let key = self.state_key(&key);
+        Ok(self
+            .caps
+            .state
+            .get(&key)
+            .await
+            .map(|o| o.map(|e| state::Entry { value: e.value, revision: e.revision }))
+            .map_err(to_wit))
+    }
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<u64, state::Error>> {
+        let key = self.state_key(&key);
+        Ok(self.caps.state.set(&key, value, ttl(ttl_ms)).await.map_err(to_wit))
+    }
+    async fn compare_and_set(
+        &mut self,
+        key: String,
+        expected: Option<u64>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<Option<u64>, state::Error>> {
+        let key = self.state_key(&key);
+        Ok(self
+            .caps
+            .state
+            .compare_and_set(&key, expected, value, ttl(ttl_ms))
+            .await
+            .map_err(to_wit))
+    }
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<i64, state::Error>> {
+        let key = self.state_key(&key);
+        Ok(self.caps.state.increment(&key, delta, ttl(ttl_ms)).await.map_err(to_wit))
+    }
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, state::Error>> {
+        let key = self.state_key(&key);
+        Ok(self.caps.state.delete(&key).await.map_err(to_wit))
+    }
+}

@@ -1,0 +1,244 @@
+//! Filter plugin instances: creation, the warm pool, and hook calls under a
+//! deadline and a memory limit.
+//!
+//! One [`FilterPool`] exists per pipeline step (plugin × route), holding up
+//! to `pool_size` configured, warm instances. A request checks an instance
+//! out for one hook call and returns it afterwards, so concurrent requests
+//! never share an instance. An instance whose call failed (trap, timeout,
+//! memory) is dropped — wasmtime refuses to re-enter it — and replaced on
+//! demand. In `fresh` mode a request gets its own instance for both hooks
+//! and drops it at the end.
+
+use super::bindings::{
+    AttemptInfo, Filter, FilterPre, HookSet, RequestAction, ResponseAction,
+};
+use super::ctx::{arm, classify, new_store, Capabilities, PluginCtx, RequestHandle, ResponseHandle};
+use super::engine::PluginEngine;
+use super::linker::{check_imports, filter_linker};
+use super::{Grants, Hook, PluginError};
+use crate::pipeline::exchange::{RequestState, ResponseState};
+use crossbeam_queue::ArrayQueue;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, Resource};
+use wasmtime::Store;
+
+/// Everything needed to run one pipeline step.
+#[derive(Debug, Clone)]
+pub struct FilterSpec {
+    /// Plugin name.
+    pub plugin: Arc<str>,
+    /// Route name.
+    pub route: Arc<str>,
+    /// Position in the route's pipeline.
+    pub position: u16,
+    /// The per-route config, as JSON text.
+    pub config_json: String,
+    /// Deadline for each call.
+    pub timeout: Duration,
+    /// Per-instance memory limit.
+    pub memory_limit: usize,
+    /// Maximum warm instances kept.
+    pub pool_size: usize,
+    /// A fresh instance per request instead of warm reuse.
+    pub fresh: bool,
+    /// Granted capabilities.
+    pub grants: Grants,
+}
+
+/// A configured instance with its store.
+pub struct Instance {
+    store: Store<PluginCtx>,
+    bindings: Filter,
+}
+
+/// The warm instances of one pipeline step.
+pub struct FilterPool {
+    spec: FilterSpec,
+    pre: FilterPre<PluginCtx>,
+    caps: Arc<Capabilities>,
+    warm: ArrayQueue<Instance>,
+    hooks: HookSet,
+}
+
+impl FilterPool {
+    /// Check, link, instantiate and configure the plugin once (so a bad
+    /// plugin or config fails here, at load time), keeping that instance
+    /// warm.
+    pub async fn new(
+        engine: &PluginEngine,
+        component: &Component,
+        spec: FilterSpec,
+        caps: Arc<Capabilities>,
+    ) -> Result<Self, PluginError> {
+        check_imports(engine.engine(), component, &spec.plugin, spec.grants)?;
+        let linker = filter_linker(engine.engine(), spec.grants)?;
+        let instance_pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| PluginError::Link(format!("cannot link: {e:#}")))?;
+        let pre = FilterPre::new(instance_pre).map_err(|e| {
+            PluginError::Link(format!(
+                "not a filter plugin (expected a component exporting ficus:gateway/filter-hooks@0.1.0): {e:#}"
+            ))
+        })?;
+        let mut pool = FilterPool {
+            warm: ArrayQueue::new(spec.pool_size.max(1)),
+            spec,
+            pre,
+            caps,
+            hooks: HookSet::all(),
+        };
+        let (first, hooks) = pool.instantiate().await?;
+        pool.hooks = hooks;
+        if !pool.spec.fresh {
+            let _ = pool.warm.push(first);
+        }
+        Ok(pool)
+    }
+
+    /// The step's spec.
+    pub fn spec(&self) -> &FilterSpec {
+        &self.spec
+    }
+
+    /// Whether the plugin wants `on-request` calls.
+    pub fn wants_request(&self) -> bool {
+        self.hooks.contains(HookSet::ON_REQUEST)
+    }
+
+    /// Whether the plugin wants `on-response` calls.
+    pub fn wants_response(&self) -> bool {
+        self.hooks.contains(HookSet::ON_RESPONSE)
+    }
+
+    /// Number of warm instances currently idle in the pool.
+    pub fn idle(&self) -> usize {
+        self.warm.len()
+    }
+
+    fn new_store(&self) -> Store<PluginCtx> {
+        new_store(
+            self.pre.engine(),
+            self.caps.clone(),
+            self.spec.grants,
+            self.spec.memory_limit,
+            self.spec.timeout,
+            self.spec.position,
+        )
+    }
+
+    /// Create and configure a new instance.
+    pub async fn instantiate(&self) -> Result<(Instance, HookSet), PluginError> {
+        let mut store = self.new_store();
+        arm(&mut store);
+        let bindings = match self.pre.instantiate_async(&mut store).await {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if msg.contains("maximum concurrent") || msg.contains("limit of") {
+                    return Err(PluginError::Capacity(msg));
+                }
+                return Err(classify(&mut store, Hook::Configure, e));
+            }
+        };
+        arm(&mut store);
+        let result = bindings
+            .ficus_gateway_filter_hooks()
+            .call_configure(&mut store, &self.spec.config_json)
+            .await;
+        match result {
+            Ok(Ok(hooks)) => Ok((Instance { store, bindings }, hooks)),
+            Ok(Err(msg)) => Err(PluginError::Rejected(msg)),
+            Err(e) => Err(classify(&mut store, Hook::Configure, e)),
+        }
+    }
+
+    async fn checkout(&self, slot: &mut Option<Instance>) -> Result<Instance, PluginError> {
+        if let Some(i) = slot.take() {
+            return Ok(i);
+        }
+        if !self.spec.fresh {
+            if let Some(i) = self.warm.pop() {
+                return Ok(i);
+            }
+        }
+        Ok(self.instantiate().await?.0)
+    }
+
+    fn checkin(&self, slot: &mut Option<Instance>, instance: Instance) {
+        if self.spec.fresh {
+            *slot = Some(instance);
+        } else {
+            // A full pool drops the extra instance.
+            let _ = self.warm.push(instance);
+        }
+    }
+
+    /// Run `on-request`. The request is lent to the plugin for the call and
+    /// always handed back. `slot` holds the request's own instance in
+    /// fresh mode.
+    pub async fn on_request(
+        &self,
+        slot: &mut Option<Instance>,
+        req: Box<RequestState>,
+    ) -> (Box<RequestState>, Result<RequestAction, PluginError>) {
+        let mut inst = match self.checkout(slot).await {
+            Ok(i) => i,
+            Err(e) => return (req, Err(e)),
+        };
+        inst.store.data_mut().req = Some(req);
+        arm(&mut inst.store);
+        let result = inst
+            .bindings
+            .ficus_gateway_filter_hooks()
+            .call_on_request(&mut inst.store, Resource::<RequestHandle>::new_borrow(0))
+            .await;
+        let req = inst.store.data_mut().req.take().expect("request lent for the call");
+        match result {
+            Ok(action) => {
+                self.checkin(slot, inst);
+                (req, Ok(action))
+            }
+            Err(e) => (req, Err(classify(&mut inst.store, Hook::OnRequest, e))),
+        }
+    }
+
+    /// Run `on-response`; request and response are lent and handed back.
+    pub async fn on_response(
+        &self,
+        slot: &mut Option<Instance>,
+        req: Box<RequestState>,
+        resp: Box<ResponseState>,
+        attempt: &AttemptInfo,
+    ) -> (Box<RequestState>, Box<ResponseState>, Result<ResponseAction, PluginError>) {
+        let mut inst = match self.checkout(slot).await {
+            Ok(i) => i,
+            Err(e) => return (req, resp, Err(e)),
+        };
+        let data = inst.store.data_mut();
+        data.req = Some(req);
+        data.resp = Some(resp);
+        arm(&mut inst.store);
+        let result = inst
+            .bindings
+            .ficus_gateway_filter_hooks()
+            .call_on_response(
+                &mut inst.store,
+                Resource::<RequestHandle>::new_borrow(0),
+                Resource::<ResponseHandle>::new_borrow(0),
+                attempt,
+            )
+            .await;
+        let data = inst.store.data_mut();
+        let req = data.req.take().expect("request lent for the call");
+        let resp = data.resp.take().expect("response lent for the call");
+        match result {
+            Ok(action) => {
+                self.checkin(slot, inst);
+                (req, resp, Ok(action))
+            }
+            Err(e) => (req, resp, Err(classify(&mut inst.store, Hook::OnResponse, e))),
+        }
+    }
+}
+

@@ -1,0 +1,71 @@
+//! Capability-based linking: a plugin gets only the host interfaces its
+//! config grants. Imports are checked before linking so that an ungranted
+//! import fails with a message naming the interface and the missing grant.
+
+use super::bindings::ficus::gateway::{log, metrics, state, types};
+use super::ctx::PluginCtx;
+use super::{Grants, PluginError};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::Engine;
+
+/// The Ficus interfaces and the grant each needs (`None`: always linked).
+const FICUS_INTERFACES: [(&str, Option<&str>); 4] =
+    [("types", None), ("log", Some("log")), ("metrics", Some("metrics")), ("state", Some("state"))];
+
+/// Reject a component that imports a Ficus interface it was not granted, or
+/// one this host does not know.
+pub fn check_imports(
+    engine: &Engine,
+    component: &Component,
+    plugin: &str,
+    grants: Grants,
+) -> Result<(), PluginError> {
+    let ty = component.component_type();
+    for (name, item) in ty.imports(engine) {
+        if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
+            continue;
+        }
+        let Some(rest) = name.strip_prefix("ficus:gateway/") else { continue };
+        let iface = rest.split('@').next().unwrap_or(rest);
+        let Some((_, grant)) = FICUS_INTERFACES.iter().find(|(n, _)| *n == iface) else {
+            return Err(PluginError::Link(format!(
+                "imports unknown Ficus interface {name} (this host provides ficus:gateway/{{types,log,metrics,state}}@0.1.0)"
+            )));
+        };
+        let allowed = match grant {
+            None => true,
+            Some("log") => grants.log,
+            Some("metrics") => grants.metrics,
+            Some("state") => grants.state,
+            Some(_) => false,
+        };
+        if !allowed {
+            return Err(PluginError::Ungranted {
+                plugin: plugin.to_owned(),
+                interface: name.to_owned(),
+                grant: grant.unwrap_or_default().to_owned(),
+                granted: grants.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A linker for filter plugins with exactly the granted interfaces.
+pub fn filter_linker(engine: &Engine, grants: Grants) -> Result<Linker<PluginCtx>, PluginError> {
+    let link = |e: wasmtime::Error| PluginError::Engine(format!("linking host interfaces: {e:#}"));
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+    types::add_to_linker::<_, HasSelf<PluginCtx>>(&mut linker, |c| c).map_err(link)?;
+    if grants.log {
+        log::add_to_linker::<_, HasSelf<PluginCtx>>(&mut linker, |c| c).map_err(link)?;
+    }
+    if grants.metrics {
+        metrics::add_to_linker::<_, HasSelf<PluginCtx>>(&mut linker, |c| c).map_err(link)?;
+    }
+    if grants.state {
+        state::add_to_linker::<_, HasSelf<PluginCtx>>(&mut linker, |c| c).map_err(link)?;
+    }
+    Ok(linker)
+}

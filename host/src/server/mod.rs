@@ -1,0 +1,83 @@
+//! The proxy listener: HTTP/1.1 and HTTP/2 cleartext (prior knowledge) on
+//! one port, header limits, and graceful shutdown (stop accepting, let
+//! in-flight requests finish within the grace period).
+
+pub mod router;
+
+use crate::gateway::Gateway;
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Connection-level limits.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Max bytes of request head (HTTP/1) / header list (HTTP/2).
+    pub max_header_bytes: usize,
+    /// Max number of request headers (HTTP/1).
+    pub max_headers: usize,
+    /// Accept HTTP/2 cleartext besides HTTP/1.1.
+    pub http2: bool,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Accept connections until `shutdown` resolves, then drain.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<ArcSwap<Gateway>>,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .max_buf_size(options.max_header_bytes.max(8192))
+        .max_headers(options.max_headers);
+    builder.http2().max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
+    if !options.http2 {
+        builder = builder.http1_only();
+    }
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, client_addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gateway = gateway.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let generation = gateway.load_full();
+                    let fut = generation.handle(req, client_addr);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(client = %client_addr, "connection ended with error: {e}");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    if tokio::time::timeout(options.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("shutdown grace period elapsed with requests still in flight");
+    }
+}
