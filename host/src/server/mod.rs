@@ -6,7 +6,7 @@ pub mod router;
 
 use crate::gateway::Gateway;
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,6 +38,9 @@ pub async fn serve(
     builder
         .http1()
         .keep_alive(true)
+        .timer(TokioTimer::new())
+        // Slow clients may not hold a connection open by trickling headers.
+        .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(options.max_header_bytes.max(8192))
         .max_headers(options.max_headers);
     builder.http2().max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
