@@ -18,7 +18,10 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 
 fn engine_for(config: &Config) -> anyhow::Result<PluginEngine> {
-    let options = EngineOptions { cache_dir: Some(config.resolve(&config.server.cache_dir)), ..Default::default() };
+    let options = EngineOptions {
+        cache_dir: Some(config.resolve(&config.server.cache_dir)),
+        ..Default::default()
+    };
     PluginEngine::new(&options).map_err(|e| anyhow!("{e}"))
 }
 
@@ -31,13 +34,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -76,7 +80,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let admin = Arc::new(Admin { gateway: gateway.clone(), token: config.server.admin_token.clone(), started: SystemTime::now() });
+    let admin = Arc::new(Admin {
+        gateway: gateway.clone(),
+        token: config.server.admin_token.clone(),
+        started: SystemTime::now(),
+    });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, wait(stop_rx.clone())));
     let options = ServerOptions {
         max_header_bytes: config.server.max_header_bytes,
@@ -106,7 +114,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// summary, or every error found.
 pub async fn check(path: &Path) -> Result<String, ConfigErrors> {
     let config = ficus_config::load(path)?;
-    let engine = engine_for(&config).map_err(|e| ConfigErrors(vec![config.error_at("", e.to_string())]))?;
+    let engine =
+        engine_for(&config).map_err(|e| ConfigErrors(vec![config.error_at("", e.to_string())]))?;
     let gateway = Gateway::build(&config, &engine, state_for(&config)).await?;
     let routes = gateway.summary();
     let mut out = format!(
@@ -117,7 +126,11 @@ pub async fn check(path: &Path) -> Result<String, ConfigErrors> {
         routes.len()
     );
     for r in routes {
-        out.push_str(&format!("  route {}: [{}]\n", r.name, r.pipeline.join(" -> ")));
+        out.push_str(&format!(
+            "  route {}: [{}]\n",
+            r.name,
+            r.pipeline.join(" -> ")
+        ));
     }
     Ok(out)
 }

@@ -17,8 +17,8 @@ use ficus_config::{Config, ConfigError, ConfigErrors, Grant, InstanceMode, LbPol
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::Component;
@@ -104,14 +104,19 @@ impl Gateway {
         for (ri, rc) in config.routes.iter().enumerate() {
             let route_name: Arc<str> = config.route_name(ri).into();
             let caps = |plugin: &str| {
-                Arc::new(Capabilities { plugin: plugin.into(), route: route_name.clone(), state: state.clone() })
+                Arc::new(Capabilities {
+                    plugin: plugin.into(),
+                    route: route_name.clone(),
+                    state: state.clone(),
+                })
             };
             let mut steps = Vec::new();
             for (si, step) in rc.pipeline.iter().enumerate() {
                 let key = format!("routes[{ri}].pipeline[{si}]");
-                let (Some(pc), Some(component)) =
-                    (config.plugins.get(&step.plugin), components.get(step.plugin.as_str()))
-                else {
+                let (Some(pc), Some(component)) = (
+                    config.plugins.get(&step.plugin),
+                    components.get(step.plugin.as_str()),
+                ) else {
                     continue; // reported by validation or loading
                 };
                 let spec = FilterSpec {
@@ -126,7 +131,10 @@ impl Gateway {
                     grants: grants_of(&pc.grants),
                 };
                 match FilterPool::new(engine, component, spec, caps(&step.plugin)).await {
-                    Ok(pool) => steps.push(Step { pool: Arc::new(pool), fail_open: pc.on_error == OnError::FailOpen }),
+                    Ok(pool) => steps.push(Step {
+                        pool: Arc::new(pool),
+                        fail_open: pc.on_error == OnError::FailOpen,
+                    }),
                     Err(e) => {
                         let at = match e {
                             PluginError::Rejected(_) => format!("{key}.config"),
@@ -140,7 +148,9 @@ impl Gateway {
                 }
             }
             let destination = if let Some(h) = &rc.handler {
-                let (Some(pc), Some(component)) = (config.plugins.get(h), components.get(h.as_str())) else {
+                let (Some(pc), Some(component)) =
+                    (config.plugins.get(h), components.get(h.as_str()))
+                else {
                     continue;
                 };
                 let spec = HandlerSpec {
@@ -203,7 +213,11 @@ impl Gateway {
             .iter()
             .map(|(_, r)| RouteSummary {
                 name: r.name.to_string(),
-                pipeline: r.steps.iter().map(|s| s.pool.spec().plugin.to_string()).collect(),
+                pipeline: r
+                    .steps
+                    .iter()
+                    .map(|s| s.pool.spec().plugin.to_string())
+                    .collect(),
                 idle_instances: r.steps.iter().map(|s| s.pool.idle()).collect(),
             })
             .collect()
@@ -225,11 +239,12 @@ impl Gateway {
     ) -> http::Response<BoxBody> {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
-        let host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()));
+        let host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         let mut matched: Option<Arc<Route>> = None;
         for (m, r) in &self.routes {
             if m.matches(&parts.method, parts.uri.path(), host, &parts.headers) {
@@ -252,7 +267,11 @@ impl Gateway {
             Ok(b) => b,
             Err(CollectError::TooLarge(_)) => return too_large(self.max_request_body),
             Err(CollectError::Read(_)) => {
-                return error_response(StatusCode::BAD_REQUEST, "bad_request_body", "the request body could not be read")
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request_body",
+                    "the request body could not be read",
+                )
             }
         };
         let mut headers = parts.headers;
@@ -290,16 +309,25 @@ fn compile_match(m: &ficus_config::Match) -> Result<RouteMatch, String> {
     let methods = m
         .methods
         .iter()
-        .map(|s| Method::from_bytes(s.to_ascii_uppercase().as_bytes()).map_err(|_| format!("invalid method {s:?}")))
+        .map(|s| {
+            Method::from_bytes(s.to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("invalid method {s:?}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let headers = m
         .headers
         .iter()
         .map(|(n, v)| {
-            let n = HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name {n:?}"))?;
+            let n = HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| format!("invalid header name {n:?}"))?;
             let v = HeaderValue::from_str(v).map_err(|_| format!("invalid header value {v:?}"))?;
             Ok((n, v))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    Ok(RouteMatch { path, methods, host: m.host.as_ref().map(|h| h.to_ascii_lowercase()), headers })
+    Ok(RouteMatch {
+        path,
+        methods,
+        host: m.host.as_ref().map(|h| h.to_ascii_lowercase()),
+        headers,
+    })
 }

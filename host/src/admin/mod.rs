@@ -27,7 +27,9 @@ pub struct Admin {
 
 impl Admin {
     fn authorized(&self, req: &http::Request<hyper::body::Incoming>) -> bool {
-        let Some(token) = &self.token else { return true };
+        let Some(token) = &self.token else {
+            return true;
+        };
         req.headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -38,13 +40,19 @@ impl Admin {
     fn handle(&self, req: http::Request<hyper::body::Incoming>) -> http::Response<BoxBody> {
         let path = req.uri().path();
         if path.starts_with("/admin/") && !self.authorized(&req) {
-            return error_response(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required");
+            return error_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            );
         }
         match (req.method(), path) {
             (&http::Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
-            (&http::Method::GET, "/metrics") => {
-                text(StatusCode::OK, "text/plain; version=0.0.4", metrics::render())
-            }
+            (&http::Method::GET, "/metrics") => text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics::render(),
+            ),
             (&http::Method::GET, "/admin/status") => {
                 let uptime = self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0);
                 let body = serde_json::json!({
@@ -61,7 +69,10 @@ impl Admin {
 fn text(status: StatusCode, content_type: &'static str, body: String) -> http::Response<BoxBody> {
     let mut resp = http::Response::new(full(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
     resp
 }
 

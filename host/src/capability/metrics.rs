@@ -44,7 +44,9 @@ pub enum MetricError {
     #[error("metric name {0:?} is reserved: names starting with \"ficus_\" belong to the gateway")]
     Reserved(String),
     /// A label name is invalid or reserved.
-    #[error("invalid label name {0:?}: expected [a-zA-Z_][a-zA-Z0-9_]* and not \"plugin\" or \"route\"")]
+    #[error(
+        "invalid label name {0:?}: expected [a-zA-Z_][a-zA-Z0-9_]* and not \"plugin\" or \"route\""
+    )]
     InvalidLabel(String),
     /// Too many labels.
     #[error("too many labels ({0}); at most 8 are allowed")]

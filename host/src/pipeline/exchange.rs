@@ -96,7 +96,11 @@ impl RequestState {
 
     /// Store a context value for the filter at `pos`.
     pub fn set_context(&mut self, pos: u16, key: String, value: String) {
-        if let Some(slot) = self.context.iter_mut().find(|(p, k, _)| *p == pos && *k == key) {
+        if let Some(slot) = self
+            .context
+            .iter_mut()
+            .find(|(p, k, _)| *p == pos && *k == key)
+        {
             slot.2 = value;
         } else {
             self.context.push((pos, key, value));

@@ -5,7 +5,9 @@
 pub mod exchange;
 pub mod response;
 
-use crate::plugin::bindings::{AttemptInfo, RequestAction, ResponseAction, ResponseSpec, UpstreamError};
+use crate::plugin::bindings::{
+    AttemptInfo, RequestAction, ResponseAction, ResponseSpec, UpstreamError,
+};
 use crate::plugin::filter::{FilterPool, Instance};
 use crate::plugin::handler::Handler;
 use crate::plugin::{Hook, PluginError};
@@ -62,11 +64,15 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     /// Register the route's metrics.
     pub fn new(route: &str) -> Self {
-        let class = |c: &'static str| {
-            metrics::counter!("ficus_requests_total", "route" => route.to_owned(), "class" => c)
-        };
+        let class = |c: &'static str| metrics::counter!("ficus_requests_total", "route" => route.to_owned(), "class" => c);
         RouteMetrics {
-            by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
             duration: metrics::histogram!("ficus_request_duration_seconds", "route" => route.to_owned()),
         }
     }
@@ -100,7 +106,8 @@ impl Produced {
         headers.remove(http::header::CONTENT_LENGTH);
         Produced {
             state: Box::new(ResponseState {
-                status: StatusCode::from_u16(spec.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                status: StatusCode::from_u16(spec.status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 headers,
                 body: Some(Bytes::from(spec.body)),
                 body_exposed: exposed,
@@ -131,7 +138,12 @@ impl Produced {
     }
 
     fn into_response(self) -> http::Response<BoxBody> {
-        let ResponseState { status, headers, body, .. } = *self.state;
+        let ResponseState {
+            status,
+            headers,
+            body,
+            ..
+        } = *self.state;
         let body = match (body, self.stream) {
             (Some(b), _) => response::full(b),
             (None, Some(s)) => s,
@@ -164,7 +176,11 @@ fn plugin_failed(route: &Route, step: &Step, hook: Hook, err: &PluginError) {
 }
 
 fn plugin_error_reply() -> Reply {
-    Reply::text(StatusCode::INTERNAL_SERVER_ERROR, "plugin_error", "the request failed in a gateway plugin")
+    Reply::text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "plugin_error",
+        "the request failed in a gateway plugin",
+    )
 }
 
 /// Run a matched request through the route.
@@ -202,7 +218,11 @@ pub async fn run(
                 plugin_failed(route, step, Hook::OnRequest, &e);
                 if !step.fail_open {
                     let info = local_info(1);
-                    local = Some(Produced::error(plugin_error_reply(), info, route.plugin_body));
+                    local = Some(Produced::error(
+                        plugin_error_reply(),
+                        info,
+                        route.plugin_body,
+                    ));
                     break;
                 }
             }
@@ -221,8 +241,10 @@ pub async fn run(
             if !step.pool.wants_response() {
                 continue;
             }
-            let (back_req, back_resp, result) =
-                step.pool.on_response(&mut slots[i], req, produced.state, &produced.info).await;
+            let (back_req, back_resp, result) = step
+                .pool
+                .on_response(&mut slots[i], req, produced.state, &produced.info)
+                .await;
             req = back_req;
             produced.state = back_resp;
             match result {
@@ -260,7 +282,14 @@ pub async fn run(
 }
 
 fn local_info(attempt: u32) -> AttemptInfo {
-    AttemptInfo { number: attempt, cluster: None, endpoint: None, latency_us: 0, error: None, local: true }
+    AttemptInfo {
+        number: attempt,
+        cluster: None,
+        endpoint: None,
+        latency_us: 0,
+        error: None,
+        local: true,
+    }
 }
 
 /// Make one attempt at the destination.
@@ -276,7 +305,14 @@ async fn destination(
             Some(c) => c.clone(),
             None => {
                 tracing::warn!(route = %route.name, cluster = %t.cluster, "a filter chose an unknown upstream cluster");
-                return upstream_failure(route, attempt, Some(&t.cluster), None, 0, UpstreamError::NoEndpoint);
+                return upstream_failure(
+                    route,
+                    attempt,
+                    Some(&t.cluster),
+                    None,
+                    0,
+                    UpstreamError::NoEndpoint,
+                );
             }
         },
         (None, Destination::Upstream(c)) => c.clone(),
@@ -284,7 +320,14 @@ async fn destination(
     };
     let key = target.and_then(|t| t.endpoint_key.as_deref());
     let Some(endpoint) = cluster.pick(key) else {
-        return upstream_failure(route, attempt, Some(&cluster.name), None, 0, UpstreamError::NoEndpoint);
+        return upstream_failure(
+            route,
+            attempt,
+            Some(&cluster.name),
+            None,
+            0,
+            UpstreamError::NoEndpoint,
+        );
     };
     let uri = http::Uri::builder()
         .scheme("http")
@@ -294,7 +337,14 @@ async fn destination(
     let uri = match uri {
         Ok(u) => u,
         Err(_) => {
-            return upstream_failure(route, attempt, Some(&cluster.name), Some(&endpoint.addr), 0, UpstreamError::Protocol)
+            return upstream_failure(
+                route,
+                attempt,
+                Some(&cluster.name),
+                Some(&endpoint.addr),
+                0,
+                UpstreamError::Protocol,
+            )
         }
     };
     let mut out = http::Request::new(Full::new(req.body.clone()));
@@ -351,7 +401,14 @@ async fn destination(
                     }
                     Err(e) => {
                         tracing::warn!(route = %route.name, cluster = %cluster.name, "upstream response body failed: {e}");
-                        upstream_failure(route, attempt, Some(&cluster.name), Some(&endpoint.addr), latency_us, UpstreamError::Protocol)
+                        upstream_failure(
+                            route,
+                            attempt,
+                            Some(&cluster.name),
+                            Some(&endpoint.addr),
+                            latency_us,
+                            UpstreamError::Protocol,
+                        )
                     }
                 }
             } else {
@@ -362,7 +419,10 @@ async fn destination(
                         body: None,
                         body_exposed: false,
                     }),
-                    stream: Some(body.map_err(|e| Box::new(e) as response::BoxError).boxed_unsync()),
+                    stream: Some(
+                        body.map_err(|e| Box::new(e) as response::BoxError)
+                            .boxed_unsync(),
+                    ),
                     info,
                 }
             }
@@ -378,7 +438,14 @@ async fn destination(
                 kind_name(failure.kind),
                 failure.detail
             );
-            upstream_failure(route, attempt, Some(&cluster.name), Some(&endpoint.addr), latency_us, failure.kind)
+            upstream_failure(
+                route,
+                attempt,
+                Some(&cluster.name),
+                Some(&endpoint.addr),
+                latency_us,
+                failure.kind,
+            )
         }
     }
 }
@@ -400,7 +467,11 @@ fn upstream_failure(
         UpstreamError::Protocol => "the upstream service sent an invalid response",
         UpstreamError::NoEndpoint => "no upstream service is available",
     };
-    let reply = Reply::text(status, &format!("upstream_{}", kind_name(kind).replace('-', "_")), message);
+    let reply = Reply::text(
+        status,
+        &format!("upstream_{}", kind_name(kind).replace('-', "_")),
+        message,
+    );
     Produced::error(
         reply,
         AttemptInfo {
@@ -415,18 +486,29 @@ fn upstream_failure(
     )
 }
 
-async fn call_handler(route: &Route, handler: &Handler, req: &RequestState, attempt: u32) -> Produced {
+async fn call_handler(
+    route: &Route,
+    handler: &Handler,
+    req: &RequestState,
+    attempt: u32,
+) -> Produced {
     let mut builder = http::Request::builder().method(req.method.clone());
     let authority = req.authority();
     let uri = http::Uri::builder()
         .scheme(req.scheme)
-        .authority(if authority.is_empty() { "localhost" } else { authority.as_str() })
+        .authority(if authority.is_empty() {
+            "localhost"
+        } else {
+            authority.as_str()
+        })
         .path_and_query(req.path_and_query())
         .build();
     builder = builder.uri(uri.unwrap_or_else(|_| http::Uri::from_static("/")));
     let mut out = match builder.body(Full::new(req.body.clone())) {
         Ok(r) => r,
-        Err(_) => return Produced::error(plugin_error_reply(), local_info(attempt), route.plugin_body),
+        Err(_) => {
+            return Produced::error(plugin_error_reply(), local_info(attempt), route.plugin_body)
+        }
     };
     *out.headers_mut() = req.headers.clone();
     let sent = Instant::now();
@@ -442,7 +524,9 @@ async fn call_handler(route: &Route, handler: &Handler, req: &RequestState, atte
                 error: None,
                 local: true,
             };
-            let body = body.map_err(|e| Box::new(e) as response::BoxError).boxed_unsync();
+            let body = body
+                .map_err(|e| Box::new(e) as response::BoxError)
+                .boxed_unsync();
             if route.plugin_body {
                 match response::collect_limited(body, route.max_response_body).await {
                     Ok(c) => {
@@ -493,5 +577,9 @@ async fn call_handler(route: &Route, handler: &Handler, req: &RequestState, atte
 
 /// The 404 for requests no route matches.
 pub fn not_found() -> http::Response<BoxBody> {
-    error_response(StatusCode::NOT_FOUND, "no_route", "no route matches this request")
+    error_response(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no route matches this request",
+    )
 }

@@ -31,13 +31,20 @@ impl Reply {
     /// A plain-text error reply: `"<status line>: <message>\n"`.
     pub fn text(status: StatusCode, code: &str, message: &str) -> Reply {
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         if let Ok(v) = HeaderValue::from_str(code) {
             headers.insert("x-ficus-error", v);
         }
         let reason = status.canonical_reason().unwrap_or("");
         let body = Bytes::from(format!("{} {reason}: {message}\n", status.as_u16()));
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 }
 
@@ -75,7 +82,9 @@ where
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| CollectError::Read(e.to_string()))?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         total += data.len();
         if total > limit {
             return Err(CollectError::TooLarge(limit));

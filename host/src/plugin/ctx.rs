@@ -3,21 +3,24 @@
 
 use super::bindings::ficus::gateway::{log, metrics, state, types};
 use super::bindings::HeaderError;
+use super::sandbox::{wasi_ctx, OutputCapture};
+use super::{Grants, Hook, PluginError};
 use crate::capability;
 use crate::capability::state::{StateBackend, StateError};
 use crate::pipeline::exchange::{header_pair, plugin_may_edit, RequestState, ResponseState};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::ResourceLimiter;
-use super::sandbox::{wasi_ctx, OutputCapture};
-use super::{Grants, Hook, PluginError};
-use std::future::Future;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
-use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
+};
 
 /// Marker for the `request` resource; the data is [`PluginCtx::req`].
 pub struct RequestHandle;
@@ -102,7 +105,10 @@ impl WasiHttpHooks for DenyOutbound {
     ) -> Box<
         dyn Future<
                 Output = Result<
-                    (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>),
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                    ),
                     HttpError,
                 >,
             > + Send,
@@ -113,7 +119,11 @@ impl WasiHttpHooks for DenyOutbound {
 
 impl WasiHttpView for PluginCtx {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
     }
 }
 
@@ -132,7 +142,10 @@ pub fn new_store(
     let ctx = PluginCtx {
         wasi: wasi_ctx(grants.clock, &output),
         table: ResourceTable::new(),
-        limiter: MemoryLimiter { limit: memory_limit, exceeded: false },
+        limiter: MemoryLimiter {
+            limit: memory_limit,
+            exceeded: false,
+        },
         output,
         caps,
         req: None,
@@ -183,12 +196,19 @@ pub fn classify(store: &mut Store<PluginCtx>, hook: Hook, e: wasmtime::Error) ->
         Some(t) => t.to_string(),
         None => format!("{e:#}"),
     };
-    PluginError::Trap { hook: hook.as_str(), message, output }
+    PluginError::Trap {
+        hook: hook.as_str(),
+        message,
+        output,
+    }
 }
 
 impl WasiView for PluginCtx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -216,10 +236,15 @@ fn header_one(h: &HeaderMap, name: &str) -> Option<Vec<u8>> {
     h.get(name).map(|v| v.as_bytes().to_vec())
 }
 fn header_all(h: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
-    h.get_all(name).iter().map(|v| v.as_bytes().to_vec()).collect()
+    h.get_all(name)
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect()
 }
 fn header_list(h: &HeaderMap) -> Vec<(String, Vec<u8>)> {
-    h.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect()
+    h.iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
 }
 fn header_edit(
     h: &mut HeaderMap,
@@ -318,7 +343,11 @@ impl types::HostRequest for PluginCtx {
     ) -> wasmtime::Result<Result<(), HeaderError>> {
         Ok(header_edit(&mut self.req()?.headers, &name, &value, true))
     }
-    fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) -> wasmtime::Result<bool> {
+    fn remove_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+    ) -> wasmtime::Result<bool> {
         Ok(header_remove(&mut self.req()?.headers, &name))
     }
     fn body(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<Option<Vec<u8>>> {
@@ -332,7 +361,9 @@ impl types::HostRequest for PluginCtx {
     ) -> wasmtime::Result<Result<(), String>> {
         let req = self.req()?;
         if !req.body_exposed {
-            return Ok(Err("the route does not expose bodies to plugins (plugin_body = false)".into()));
+            return Ok(Err(
+                "the route does not expose bodies to plugins (plugin_body = false)".into(),
+            ));
         }
         req.body = Bytes::from(body);
         Ok(Ok(()))
@@ -358,7 +389,9 @@ impl types::HostRequest for PluginCtx {
         let pos = self.position;
         let req = self.req()?;
         if req.context.len() >= 256 || key.len() + value.len() > 16 * 1024 {
-            return Err(wasmtime::format_err!("request context limit exceeded (256 entries, 16 KiB each)"));
+            return Err(wasmtime::format_err!(
+                "request context limit exceeded (256 entries, 16 KiB each)"
+            ));
         }
         req.set_context(pos, key, value);
         Ok(())
@@ -383,7 +416,9 @@ impl types::HostResponse for PluginCtx {
                 resp.status = s;
                 Ok(Ok(()))
             }
-            _ => Ok(Err(format!("invalid status code {status} (expected 100..=599)"))),
+            _ => Ok(Err(format!(
+                "invalid status code {status} (expected 100..=599)"
+            ))),
         }
     }
     fn header(
@@ -400,10 +435,7 @@ impl types::HostResponse for PluginCtx {
     ) -> wasmtime::Result<Vec<Vec<u8>>> {
         Ok(header_all(&self.resp()?.headers, &name))
     }
-    fn headers(
-        &mut self,
-        _: Resource<ResponseHandle>,
-    ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+    fn headers(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
         Ok(header_list(&self.resp()?.headers))
     }
     fn set_header(
@@ -431,7 +463,11 @@ impl types::HostResponse for PluginCtx {
     }
     fn body(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<Option<Vec<u8>>> {
         let resp = self.resp()?;
-        Ok(if resp.body_exposed { resp.body.as_ref().map(|b| b.to_vec()) } else { None })
+        Ok(if resp.body_exposed {
+            resp.body.as_ref().map(|b| b.to_vec())
+        } else {
+            None
+        })
     }
     fn set_body(
         &mut self,
@@ -440,7 +476,9 @@ impl types::HostResponse for PluginCtx {
     ) -> wasmtime::Result<Result<(), String>> {
         let resp = self.resp()?;
         if !resp.body_exposed {
-            return Ok(Err("the route does not expose bodies to plugins (plugin_body = false)".into()));
+            return Ok(Err(
+                "the route does not expose bodies to plugins (plugin_body = false)".into(),
+            ));
         }
         resp.body = Some(Bytes::from(body));
         Ok(Ok(()))
@@ -467,9 +505,11 @@ impl metrics::Host for PluginCtx {
         value: u64,
         labels: Vec<(String, String)>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(capability::metrics::plugin_labels(&name, labels, &self.caps.plugin, &self.caps.route)
-            .map(|l| ::metrics::counter!(name, l).increment(value))
-            .map_err(|e| e.to_string()))
+        Ok(
+            capability::metrics::plugin_labels(&name, labels, &self.caps.plugin, &self.caps.route)
+                .map(|l| ::metrics::counter!(name, l).increment(value))
+                .map_err(|e| e.to_string()),
+        )
     }
     fn gauge_set(
         &mut self,
@@ -477,9 +517,11 @@ impl metrics::Host for PluginCtx {
         value: f64,
         labels: Vec<(String, String)>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(capability::metrics::plugin_labels(&name, labels, &self.caps.plugin, &self.caps.route)
-            .map(|l| ::metrics::gauge!(name, l).set(value))
-            .map_err(|e| e.to_string()))
+        Ok(
+            capability::metrics::plugin_labels(&name, labels, &self.caps.plugin, &self.caps.route)
+                .map(|l| ::metrics::gauge!(name, l).set(value))
+                .map_err(|e| e.to_string()),
+        )
     }
     fn histogram_observe(
         &mut self,
@@ -487,9 +529,11 @@ impl metrics::Host for PluginCtx {
         value: f64,
         labels: Vec<(String, String)>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(capability::metrics::plugin_labels(&name, labels, &self.caps.plugin, &self.caps.route)
-            .map(|l| ::metrics::histogram!(name, l).record(value))
-            .map_err(|e| e.to_string()))
+        Ok(
+            capability::metrics::plugin_labels(&name, labels, &self.caps.plugin, &self.caps.route)
+                .map(|l| ::metrics::histogram!(name, l).record(value))
+                .map_err(|e| e.to_string()),
+        )
     }
 }
 
@@ -506,14 +550,22 @@ fn ttl(ms: Option<u64>) -> Option<Duration> {
 }
 
 impl state::Host for PluginCtx {
-    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<state::Entry>, state::Error>> {
+    async fn get(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<state::Entry>, state::Error>> {
         let key = self.state_key(&key);
         Ok(self
             .caps
             .state
             .get(&key)
             .await
-            .map(|o| o.map(|e| state::Entry { value: e.value, revision: e.revision }))
+            .map(|o| {
+                o.map(|e| state::Entry {
+                    value: e.value,
+                    revision: e.revision,
+                })
+            })
             .map_err(to_wit))
     }
     async fn set(
@@ -523,7 +575,12 @@ impl state::Host for PluginCtx {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<u64, state::Error>> {
         let key = self.state_key(&key);
-        Ok(self.caps.state.set(&key, value, ttl(ttl_ms)).await.map_err(to_wit))
+        Ok(self
+            .caps
+            .state
+            .set(&key, value, ttl(ttl_ms))
+            .await
+            .map_err(to_wit))
     }
     async fn compare_and_set(
         &mut self,
@@ -547,7 +604,12 @@ impl state::Host for PluginCtx {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<i64, state::Error>> {
         let key = self.state_key(&key);
-        Ok(self.caps.state.increment(&key, delta, ttl(ttl_ms)).await.map_err(to_wit))
+        Ok(self
+            .caps
+            .state
+            .increment(&key, delta, ttl(ttl_ms))
+            .await
+            .map_err(to_wit))
     }
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, state::Error>> {
         let key = self.state_key(&key);

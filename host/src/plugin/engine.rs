@@ -33,7 +33,10 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { cache_dir: None, max_instances: 1000 }
+        EngineOptions {
+            cache_dir: None,
+            max_instances: 1000,
+        }
     }
 }
 
@@ -158,9 +161,12 @@ impl PluginEngine {
             }
         }
         let started = Instant::now();
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| format!("not a valid component: {e:#}"))?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compiled component"
+        );
         if let Some(path) = artifact {
             if let Err(e) = write_artifact(&component, &path) {
                 tracing::warn!(artifact = %path.display(), "cannot write precompiled artifact: {e}");
@@ -172,7 +178,9 @@ impl PluginEngine {
 }
 
 fn write_artifact(component: &Component, path: &Path) -> std::io::Result<()> {
-    let bytes = component.serialize().map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    let bytes = component
+        .serialize()
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

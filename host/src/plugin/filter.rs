@@ -9,10 +9,10 @@
 //! demand. In `fresh` mode a request gets its own instance for both hooks
 //! and drops it at the end.
 
-use super::bindings::{
-    AttemptInfo, Filter, FilterPre, HookSet, RequestAction, ResponseAction,
+use super::bindings::{AttemptInfo, Filter, FilterPre, HookSet, RequestAction, ResponseAction};
+use super::ctx::{
+    arm, classify, new_store, Capabilities, PluginCtx, RequestHandle, ResponseHandle,
 };
-use super::ctx::{arm, classify, new_store, Capabilities, PluginCtx, RequestHandle, ResponseHandle};
 use super::engine::PluginEngine;
 use super::linker::{check_imports, filter_linker};
 use super::{Grants, Hook, PluginError};
@@ -193,7 +193,12 @@ impl FilterPool {
             .ficus_gateway_filter_hooks()
             .call_on_request(&mut inst.store, Resource::<RequestHandle>::new_borrow(0))
             .await;
-        let req = inst.store.data_mut().req.take().expect("request lent for the call");
+        let req = inst
+            .store
+            .data_mut()
+            .req
+            .take()
+            .expect("request lent for the call");
         match result {
             Ok(action) => {
                 self.checkin(slot, inst);
@@ -210,7 +215,11 @@ impl FilterPool {
         req: Box<RequestState>,
         resp: Box<ResponseState>,
         attempt: &AttemptInfo,
-    ) -> (Box<RequestState>, Box<ResponseState>, Result<ResponseAction, PluginError>) {
+    ) -> (
+        Box<RequestState>,
+        Box<ResponseState>,
+        Result<ResponseAction, PluginError>,
+    ) {
         let mut inst = match self.checkout(slot).await {
             Ok(i) => i,
             Err(e) => return (req, resp, Err(e)),
@@ -237,8 +246,11 @@ impl FilterPool {
                 self.checkin(slot, inst);
                 (req, resp, Ok(action))
             }
-            Err(e) => (req, resp, Err(classify(&mut inst.store, Hook::OnResponse, e))),
+            Err(e) => (
+                req,
+                resp,
+                Err(classify(&mut inst.store, Hook::OnResponse, e)),
+            ),
         }
     }
 }
-

@@ -4,11 +4,11 @@
 //! allocator (the `wasi:http` p2 contract is one request per instance).
 //! Outgoing HTTP from handlers is denied.
 
+use super::ctx::PluginCtx;
 use super::ctx::{arm, classify, new_store, Capabilities};
 use super::engine::PluginEngine;
 use super::linker::{check_imports, filter_linker};
 use super::{Grants, Hook, PluginError};
-use super::ctx::PluginCtx;
 use bytes::Bytes;
 use http_body_util::Full;
 use std::sync::Arc;
@@ -97,7 +97,11 @@ impl Handler {
             .http()
             .new_incoming_request(Scheme::Http, req)
             .map_err(internal)?;
-        let out = store.data_mut().http().new_response_outparam(tx).map_err(internal)?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(tx)
+            .map_err(internal)?;
         let pre = self.pre.clone();
         // The guest runs in its own task so it can keep writing the body
         // after it has sent the response head.

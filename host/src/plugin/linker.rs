@@ -10,8 +10,12 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::Engine;
 
 /// The Ficus interfaces and the grant each needs (`None`: always linked).
-const FICUS_INTERFACES: [(&str, Option<&str>); 4] =
-    [("types", None), ("log", Some("log")), ("metrics", Some("metrics")), ("state", Some("state"))];
+const FICUS_INTERFACES: [(&str, Option<&str>); 4] = [
+    ("types", None),
+    ("log", Some("log")),
+    ("metrics", Some("metrics")),
+    ("state", Some("state")),
+];
 
 /// Reject a component that imports a Ficus interface it was not granted, or
 /// one this host does not know.
@@ -26,7 +30,9 @@ pub fn check_imports(
         if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
             continue;
         }
-        let Some(rest) = name.strip_prefix("ficus:gateway/") else { continue };
+        let Some(rest) = name.strip_prefix("ficus:gateway/") else {
+            continue;
+        };
         let iface = rest.split('@').next().unwrap_or(rest);
         let Some((_, grant)) = FICUS_INTERFACES.iter().find(|(n, _)| *n == iface) else {
             return Err(PluginError::Link(format!(

@@ -46,7 +46,11 @@ impl StdoutStream for OutputCapture {
 }
 
 impl AsyncWrite for OutputCapture {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let mut buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
         buf.extend_from_slice(data);
         if buf.len() > CAPTURE_BYTES {

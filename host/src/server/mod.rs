@@ -43,7 +43,9 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(options.max_header_bytes.max(8192))
         .max_headers(options.max_headers);
-    builder.http2().max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
     if !options.http2 {
         builder = builder.http1_only();
     }
@@ -80,7 +82,10 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("shutting down: waiting for in-flight requests");
-    if tokio::time::timeout(options.shutdown_grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(options.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown grace period elapsed with requests still in flight");
     }
 }

@@ -28,13 +28,21 @@ pub struct RouteMatch {
 
 impl RouteMatch {
     /// Whether a request matches.
-    pub fn matches(&self, method: &Method, path: &str, host: Option<&str>, headers: &HeaderMap) -> bool {
+    pub fn matches(
+        &self,
+        method: &Method,
+        path: &str,
+        host: Option<&str>,
+        headers: &HeaderMap,
+    ) -> bool {
         let path_ok = match &self.path {
             PathMatch::Exact(p) => path == p,
             PathMatch::Prefix(p) => {
                 p == "/"
                     || (path.starts_with(p.as_str())
-                        && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/'))
+                        && (p.ends_with('/')
+                            || path.len() == p.len()
+                            || path.as_bytes()[p.len()] == b'/'))
             }
         };
         if !path_ok {
@@ -49,7 +57,9 @@ impl RouteMatch {
                 return false;
             }
         }
-        self.headers.iter().all(|(n, v)| headers.get_all(n).iter().any(|have| have == v))
+        self.headers
+            .iter()
+            .all(|(n, v)| headers.get_all(n).iter().any(|have| have == v))
     }
 }
 
@@ -72,7 +82,12 @@ mod tests {
     use super::*;
 
     fn m(path: PathMatch) -> RouteMatch {
-        RouteMatch { path, methods: vec![], host: None, headers: vec![] }
+        RouteMatch {
+            path,
+            methods: vec![],
+            host: None,
+            headers: vec![],
+        }
     }
 
     #[test]
@@ -91,14 +106,22 @@ mod tests {
         let mut r = m(PathMatch::Exact("/a".into()));
         r.methods = vec![Method::POST];
         r.host = Some("api.example.com".into());
-        r.headers = vec![(HeaderName::from_static("x-env"), HeaderValue::from_static("canary"))];
+        r.headers = vec![(
+            HeaderName::from_static("x-env"),
+            HeaderValue::from_static("canary"),
+        )];
         let mut h = HeaderMap::new();
         h.insert("x-env", HeaderValue::from_static("canary"));
         assert!(r.matches(&Method::POST, "/a", Some("API.example.com:8080"), &h));
         assert!(!r.matches(&Method::GET, "/a", Some("api.example.com"), &h));
         assert!(!r.matches(&Method::POST, "/a/b", Some("api.example.com"), &h));
         assert!(!r.matches(&Method::POST, "/a", Some("other"), &h));
-        assert!(!r.matches(&Method::POST, "/a", Some("api.example.com"), &HeaderMap::new()));
+        assert!(!r.matches(
+            &Method::POST,
+            "/a",
+            Some("api.example.com"),
+            &HeaderMap::new()
+        ));
     }
 
     #[test]

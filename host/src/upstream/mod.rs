@@ -56,7 +56,10 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("name", &self.name).field("endpoints", &self.endpoints).finish()
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("endpoints", &self.endpoints)
+            .finish()
     }
 }
 
@@ -73,7 +76,10 @@ impl Cluster {
             .iter()
             .map(|e| {
                 http::uri::Authority::try_from(e.as_str())
-                    .map(|authority| Endpoint { addr: e.clone(), authority })
+                    .map(|authority| Endpoint {
+                        addr: e.clone(),
+                        authority,
+                    })
                     .map_err(|err| format!("invalid endpoint {e:?}: {err}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -145,7 +151,8 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
     let detail = error_chain(e);
     let kind = if e.is_connect() {
         let timed_out = source_chain(e).any(|s| {
-            s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
         }) || detail.contains("timed out")
             || detail.contains("timeout");
         if timed_out {
@@ -153,7 +160,10 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
         } else {
             UpstreamError::ConnectFailed
         }
-    } else if source_chain(e).any(|s| s.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_parse())) {
+    } else if source_chain(e).any(|s| {
+        s.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_parse())
+    }) {
         UpstreamError::Protocol
     } else {
         UpstreamError::Reset
@@ -168,7 +178,10 @@ fn source_chain<'a>(
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    source_chain(e).map(|s| s.to_string()).collect::<Vec<_>>().join(": ")
+    source_chain(e)
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// The HTTP status the client sees for an upstream failure.
@@ -200,15 +213,24 @@ mod tests {
 
     fn cluster(eps: &[&str]) -> Cluster {
         let eps: Vec<String> = eps.iter().map(|s| s.to_string()).collect();
-        Cluster::new("c", &eps, Balance::RoundRobin, Duration::from_secs(1), Duration::from_secs(1))
-            .unwrap()
+        Cluster::new(
+            "c",
+            &eps,
+            Balance::RoundRobin,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .unwrap()
     }
 
     #[test]
     fn round_robin_cycles() {
         let c = cluster(&["127.0.0.1:1", "127.0.0.1:2"]);
         let picks: Vec<_> = (0..4).map(|_| c.pick(None).unwrap().addr.clone()).collect();
-        assert_eq!(picks, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(
+            picks,
+            ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]
+        );
     }
 
     #[test]
@@ -224,6 +246,13 @@ mod tests {
     #[test]
     fn bad_endpoint_is_rejected() {
         let eps = vec!["not a host".to_string()];
-        assert!(Cluster::new("c", &eps, Balance::Random, Duration::from_secs(1), Duration::from_secs(1)).is_err());
+        assert!(Cluster::new(
+            "c",
+            &eps,
+            Balance::Random,
+            Duration::from_secs(1),
+            Duration::from_secs(1)
+        )
+        .is_err());
     }
 }

@@ -54,7 +54,10 @@ impl EmbeddedState {
             })
             .expire_after(PerEntryTtl)
             .build();
-        EmbeddedState { cache, revision: AtomicU64::new(0) }
+        EmbeddedState {
+            cache,
+            revision: AtomicU64::new(0),
+        }
     }
 
     fn next_revision(&self) -> u64 {
@@ -81,11 +84,10 @@ impl StateBackend for EmbeddedState {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StateError> {
         check_sizes(key, None)?;
         let now = Instant::now();
-        Ok(self
-            .cache
-            .get(key)
-            .filter(|s| s.live(now))
-            .map(|s| Entry { value: s.value.to_vec(), revision: s.revision }))
+        Ok(self.cache.get(key).filter(|s| s.live(now)).map(|s| Entry {
+            value: s.value.to_vec(),
+            revision: s.revision,
+        }))
     }
 
     async fn set(
@@ -147,9 +149,8 @@ impl StateBackend for EmbeddedState {
                     match parsed {
                         Some(n) => (n, s.expires_at),
                         None => {
-                            outcome = Err(StateError::Invalid(
-                                "value is not a decimal integer".into(),
-                            ));
+                            outcome =
+                                Err(StateError::Invalid("value is not a decimal integer".into()));
                             return Op::Nop;
                         }
                     }
@@ -173,10 +174,13 @@ impl StateBackend for EmbeddedState {
     async fn delete(&self, key: &str) -> Result<bool, StateError> {
         check_sizes(key, None)?;
         let now = Instant::now();
-        let removed = self.cache.entry_by_ref(key).and_compute_with(|current| match current {
-            Some(_) => Op::Remove,
-            None => Op::Nop,
-        });
+        let removed = self
+            .cache
+            .entry_by_ref(key)
+            .and_compute_with(|current| match current {
+                Some(_) => Op::Remove,
+                None => Op::Nop,
+            });
         Ok(matches!(removed, CompResult::Removed(e) if e.value().live(now)))
     }
 }
@@ -186,7 +190,11 @@ mod tests {
     use super::*;
 
     fn block<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
@@ -205,12 +213,30 @@ mod tests {
     fn compare_and_set_checks_revision() {
         block(async {
             let s = EmbeddedState::default();
-            let r1 = s.compare_and_set("k", None, b"x".to_vec(), None).await.unwrap().unwrap();
+            let r1 = s
+                .compare_and_set("k", None, b"x".to_vec(), None)
+                .await
+                .unwrap()
+                .unwrap();
             // Key exists now: "absent" precondition fails.
-            assert_eq!(s.compare_and_set("k", None, b"y".to_vec(), None).await.unwrap(), None);
+            assert_eq!(
+                s.compare_and_set("k", None, b"y".to_vec(), None)
+                    .await
+                    .unwrap(),
+                None
+            );
             // Wrong revision fails, right one succeeds.
-            assert_eq!(s.compare_and_set("k", Some(r1 + 100), b"y".to_vec(), None).await.unwrap(), None);
-            let r2 = s.compare_and_set("k", Some(r1), b"y".to_vec(), None).await.unwrap().unwrap();
+            assert_eq!(
+                s.compare_and_set("k", Some(r1 + 100), b"y".to_vec(), None)
+                    .await
+                    .unwrap(),
+                None
+            );
+            let r2 = s
+                .compare_and_set("k", Some(r1), b"y".to_vec(), None)
+                .await
+                .unwrap()
+                .unwrap();
             assert!(r2 > r1);
             assert_eq!(s.get("k").await.unwrap().unwrap().value, b"y");
         });
@@ -223,9 +249,17 @@ mod tests {
             assert_eq!(s.increment("c", 2, None).await.unwrap(), 2);
             assert_eq!(s.increment("c", -5, None).await.unwrap(), -3);
             s.set("t", b"text".to_vec(), None).await.unwrap();
-            assert!(matches!(s.increment("t", 1, None).await, Err(StateError::Invalid(_))));
-            s.set("max", i64::MAX.to_string().into_bytes(), None).await.unwrap();
-            assert!(matches!(s.increment("max", 1, None).await, Err(StateError::Invalid(_))));
+            assert!(matches!(
+                s.increment("t", 1, None).await,
+                Err(StateError::Invalid(_))
+            ));
+            s.set("max", i64::MAX.to_string().into_bytes(), None)
+                .await
+                .unwrap();
+            assert!(matches!(
+                s.increment("max", 1, None).await,
+                Err(StateError::Invalid(_))
+            ));
         });
     }
 
@@ -254,7 +288,9 @@ mod tests {
     fn ttl_expires_and_delete_reports_existence() {
         block(async {
             let s = EmbeddedState::default();
-            s.set("e", b"v".to_vec(), Some(Duration::from_millis(30))).await.unwrap();
+            s.set("e", b"v".to_vec(), Some(Duration::from_millis(30)))
+                .await
+                .unwrap();
             assert!(s.get("e").await.unwrap().is_some());
             tokio::time::sleep(Duration::from_millis(60)).await;
             assert!(s.get("e").await.unwrap().is_none());

@@ -44,8 +44,12 @@ pub trait StateBackend: Send + Sync + 'static {
     /// Read a key.
     async fn get(&self, key: &str) -> Result<Option<Entry>, StateError>;
     /// Write unconditionally; returns the new revision.
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>)
-        -> Result<u64, StateError>;
+    async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<u64, StateError>;
     /// Write if the current revision is `expected` (`None`: key absent).
     /// Returns the new revision, or `None` if the condition failed.
     async fn compare_and_set(
@@ -56,8 +60,12 @@ pub trait StateBackend: Send + Sync + 'static {
         ttl: Option<Duration>,
     ) -> Result<Option<u64>, StateError>;
     /// Add `delta` to a decimal counter; `ttl` applies when the key is created.
-    async fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>)
-        -> Result<i64, StateError>;
+    async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> Result<i64, StateError>;
     /// Delete a key; returns whether it existed.
     async fn delete(&self, key: &str) -> Result<bool, StateError>;
 }
