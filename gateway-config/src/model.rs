@@ -49,6 +49,9 @@ pub(crate) mod defaults {
     pub(crate) const fn http2() -> bool {
         true
     }
+    pub(crate) const fn max_plugin_instances() -> u32 {
+        1000
+    }
     pub(crate) fn data_dir() -> PathBuf {
         PathBuf::from("./data")
     }
@@ -254,6 +257,13 @@ pub struct Server {
     /// Accept HTTP/2 cleartext (h2c with prior knowledge) besides HTTP/1.1. Default: `true`.
     #[serde(default = "defaults::http2")]
     pub http2: bool,
+    /// Most plugin instances alive at once across all routes (warm pools,
+    /// instances serving requests, handler instances): the capacity of the
+    /// pooling allocator. Size it for peak concurrency; when it is full, a
+    /// request that needs a new instance fails per its plugin's `on_error`.
+    /// Default: `1000`.
+    #[serde(default = "defaults::max_plugin_instances")]
+    pub max_plugin_instances: u32,
 }
 
 impl Default for Server {
@@ -269,6 +279,7 @@ impl Default for Server {
             shutdown_grace_ms: defaults::shutdown_grace_ms(),
             cache_dir: defaults::cache_dir(),
             http2: defaults::http2(),
+            max_plugin_instances: defaults::max_plugin_instances(),
         }
     }
 }

@@ -118,6 +118,12 @@ fn check_server(server: &Server, out: &mut Problems) {
         1_048_576,
     );
     out.range("server.max_headers".into(), server.max_headers, 1, 1000);
+    out.range(
+        "server.max_plugin_instances".into(),
+        server.max_plugin_instances,
+        1,
+        100_000,
+    );
     if server.cache_dir.as_os_str().is_empty() {
         out.push("server.cache_dir", "must not be empty");
     }

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 fn engine_for(config: &Config) -> anyhow::Result<PluginEngine> {
     let options = EngineOptions {
         cache_dir: Some(config.resolve(&config.server.cache_dir)),
-        ..Default::default()
+        max_instances: config.server.max_plugin_instances,
     };
     PluginEngine::new(&options).map_err(|e| anyhow!("{e}"))
 }
