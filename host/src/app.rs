@@ -58,7 +58,7 @@ async fn shutdown_signal() {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     metrics::install();
     let engine = engine_for(&config)?;
-    let gateway = Gateway::build(&config, &engine, state_for(&config))
+    let (gateway, _) = Gateway::build(&config, &engine, state_for(&config), None)
         .await
         .map_err(|e| anyhow!("the configuration cannot be served:\n{e}"))?;
     let gateway = Arc::new(ArcSwap::from_pointee(gateway));
@@ -116,7 +116,7 @@ pub async fn check(path: &Path) -> Result<String, ConfigErrors> {
     let config = ficus_config::load(path)?;
     let engine =
         engine_for(&config).map_err(|e| ConfigErrors(vec![config.error_at("", e.to_string())]))?;
-    let gateway = Gateway::build(&config, &engine, state_for(&config)).await?;
+    let (gateway, _) = Gateway::build(&config, &engine, state_for(&config), None).await?;
     let routes = gateway.summary();
     let mut out = format!(
         "{}: ok ({} plugins, {} upstreams, {} routes)\n",

@@ -7,7 +7,7 @@ use crate::pipeline::exchange::{strip_hop_by_hop, RequestState};
 use crate::pipeline::response::{collect_limited, error_response, BoxBody, CollectError};
 use crate::pipeline::{self, Clusters, Destination, Route, RouteMetrics, Step};
 use crate::plugin::ctx::Capabilities;
-use crate::plugin::engine::PluginEngine;
+use crate::plugin::engine::{CacheOutcome, Loaded, PluginEngine};
 use crate::plugin::filter::{FilterPool, FilterSpec};
 use crate::plugin::handler::{Handler, HandlerSpec};
 use crate::plugin::{Grants, PluginError};
@@ -21,7 +21,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::Component;
 
 /// One built generation of the gateway.
 pub struct Gateway {
@@ -54,24 +53,49 @@ pub struct RouteSummary {
     pub idle_instances: Vec<usize>,
 }
 
+/// How much of a build was reused from the previous generation.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct BuildStats {
+    /// Pipeline steps whose warm pool was kept.
+    pub steps_reused: usize,
+    /// Pipeline steps built anew.
+    pub steps_built: usize,
+    /// Handlers kept.
+    pub handlers_reused: usize,
+    /// Clusters kept (with their connection pools).
+    pub clusters_reused: usize,
+    /// Components compiled (not found in any cache).
+    pub compiled: usize,
+}
+
 impl Gateway {
     /// Build a generation from a validated config: load (through the
     /// compile cache), link, instantiate and configure every plugin. All
     /// errors are collected, each attributed to its place in the config.
+    ///
+    /// With `previous`, every unchanged part is reused: a pipeline step with
+    /// the same route, position, component bytes and settings keeps its warm
+    /// instance pool, an unchanged handler is kept, and an unchanged cluster
+    /// keeps its connection pool.
     pub async fn build(
         config: &Config,
         engine: &PluginEngine,
         state: Arc<dyn StateBackend>,
-    ) -> Result<Gateway, ConfigErrors> {
+        previous: Option<&Gateway>,
+    ) -> Result<(Gateway, BuildStats), ConfigErrors> {
         let mut errors: Vec<ConfigError> = Vec::new();
+        let mut stats = BuildStats::default();
 
-        let mut components: HashMap<&str, Component> = HashMap::new();
+        let mut components: HashMap<&str, Loaded> = HashMap::new();
         for (name, plugin) in &config.plugins {
             let path = config.resolve(&plugin.source);
-            match engine.load_file(&path) {
-                Ok((c, outcome)) => {
-                    tracing::debug!(plugin = %name, ?outcome, "loaded plugin");
-                    components.insert(name.as_str(), c);
+            match engine.load(&path) {
+                Ok(loaded) => {
+                    tracing::debug!(plugin = %name, outcome = ?loaded.outcome, "loaded plugin");
+                    if loaded.outcome == CacheOutcome::Compiled {
+                        stats.compiled += 1;
+                    }
+                    components.insert(name.as_str(), loaded);
                 }
                 Err(e) => errors.push(config.error_at(
                     &format!("plugins.{name}.source"),
@@ -86,13 +110,20 @@ impl Gateway {
                 LbPolicy::RoundRobin => Balance::RoundRobin,
                 LbPolicy::Random => Balance::Random,
             };
-            match Cluster::new(
-                name,
-                &up.endpoints,
-                balance,
-                Duration::from_millis(up.connect_timeout_ms),
-                Duration::from_millis(up.timeout_ms),
-            ) {
+            let connect_timeout = Duration::from_millis(up.connect_timeout_ms);
+            let timeout = Duration::from_millis(up.timeout_ms);
+            let kept = previous.and_then(|p| p.clusters.get(name)).filter(|c| {
+                c.spec.endpoints == up.endpoints
+                    && c.spec.balance == balance
+                    && c.spec.connect_timeout == connect_timeout
+                    && c.spec.timeout == timeout
+            });
+            if let Some(c) = kept {
+                stats.clusters_reused += 1;
+                clusters.insert(name.clone(), c.clone());
+                continue;
+            }
+            match Cluster::new(name, &up.endpoints, balance, connect_timeout, timeout) {
                 Ok(c) => {
                     clusters.insert(name.clone(), Arc::new(c));
                 }
@@ -103,6 +134,12 @@ impl Gateway {
         let mut routes = Vec::new();
         for (ri, rc) in config.routes.iter().enumerate() {
             let route_name: Arc<str> = config.route_name(ri).into();
+            let previous_route = previous.and_then(|p| {
+                p.routes
+                    .iter()
+                    .map(|(_, r)| r)
+                    .find(|r| r.name == route_name)
+            });
             let caps = |plugin: &str| {
                 Arc::new(Capabilities {
                     plugin: plugin.into(),
@@ -113,13 +150,14 @@ impl Gateway {
             let mut steps = Vec::new();
             for (si, step) in rc.pipeline.iter().enumerate() {
                 let key = format!("routes[{ri}].pipeline[{si}]");
-                let (Some(pc), Some(component)) = (
+                let (Some(pc), Some(loaded)) = (
                     config.plugins.get(&step.plugin),
                     components.get(step.plugin.as_str()),
                 ) else {
                     continue; // reported by validation or loading
                 };
                 let spec = FilterSpec {
+                    component: loaded.hash,
                     plugin: step.plugin.as_str().into(),
                     route: route_name.clone(),
                     position: si as u16,
@@ -130,11 +168,26 @@ impl Gateway {
                     fresh: pc.instances == InstanceMode::Fresh,
                     grants: grants_of(&pc.grants),
                 };
-                match FilterPool::new(engine, component, spec, caps(&step.plugin)).await {
-                    Ok(pool) => steps.push(Step {
-                        pool: Arc::new(pool),
-                        fail_open: pc.on_error == OnError::FailOpen,
-                    }),
+                let fail_open = pc.on_error == OnError::FailOpen;
+                let kept = previous_route
+                    .and_then(|r| r.steps.get(si))
+                    .filter(|s| *s.pool.spec() == spec);
+                if let Some(s) = kept {
+                    stats.steps_reused += 1;
+                    steps.push(Step {
+                        pool: s.pool.clone(),
+                        fail_open,
+                    });
+                    continue;
+                }
+                match FilterPool::new(engine, &loaded.component, spec, caps(&step.plugin)).await {
+                    Ok(pool) => {
+                        stats.steps_built += 1;
+                        steps.push(Step {
+                            pool: Arc::new(pool),
+                            fail_open,
+                        })
+                    }
                     Err(e) => {
                         let at = match e {
                             PluginError::Rejected(_) => format!("{key}.config"),
@@ -148,25 +201,34 @@ impl Gateway {
                 }
             }
             let destination = if let Some(h) = &rc.handler {
-                let (Some(pc), Some(component)) =
-                    (config.plugins.get(h), components.get(h.as_str()))
+                let (Some(pc), Some(loaded)) = (config.plugins.get(h), components.get(h.as_str()))
                 else {
                     continue;
                 };
                 let spec = HandlerSpec {
+                    component: loaded.hash,
                     plugin: h.as_str().into(),
                     timeout: Duration::from_millis(pc.timeout_ms),
                     memory_limit: pc.memory_limit_bytes as usize,
                     grants: grants_of(&pc.grants),
                 };
-                match Handler::new(engine, component, spec, caps(h)).await {
-                    Ok(handler) => Destination::Handler(Arc::new(handler)),
-                    Err(e) => {
-                        errors.push(config.error_at(
-                            &format!("routes[{ri}].handler"),
-                            format!("handler \"{h}\" in route \"{route_name}\": {e}"),
-                        ));
-                        continue;
+                let kept = previous_route.and_then(|r| match &r.destination {
+                    Destination::Handler(old) if *old.spec() == spec => Some(old.clone()),
+                    _ => None,
+                });
+                if let Some(old) = kept {
+                    stats.handlers_reused += 1;
+                    Destination::Handler(old)
+                } else {
+                    match Handler::new(engine, &loaded.component, spec, caps(h)).await {
+                        Ok(handler) => Destination::Handler(Arc::new(handler)),
+                        Err(e) => {
+                            errors.push(config.error_at(
+                                &format!("routes[{ri}].handler"),
+                                format!("handler \"{h}\" in route \"{route_name}\": {e}"),
+                            ));
+                            continue;
+                        }
                     }
                 }
             } else if let Some(u) = &rc.upstream {
@@ -200,11 +262,14 @@ impl Gateway {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(Gateway {
-            routes,
-            clusters,
-            max_request_body: config.server.max_request_body_bytes as usize,
-        })
+        Ok((
+            Gateway {
+                routes,
+                clusters,
+                max_request_body: config.server.max_request_body_bytes as usize,
+            },
+            stats,
+        ))
     }
 
     /// Routes and their pipelines.

@@ -563,13 +563,18 @@ async fn call_handler(
         Err(e) => {
             metrics::counter!(
                 "ficus_plugin_errors_total",
-                "plugin" => "handler",
+                "plugin" => handler.plugin().to_owned(),
                 "route" => route.name.to_string(),
                 "hook" => Hook::Handle.as_str(),
                 "kind" => e.kind(),
             )
             .increment(1);
-            tracing::error!(route = %route.name, hook = "handle", "handler failed: {e}");
+            tracing::error!(
+                plugin = handler.plugin(),
+                route = %route.name,
+                hook = "handle",
+                "plugin failed: {e}"
+            );
             Produced::error(plugin_error_reply(), local_info(attempt), route.plugin_body)
         }
     }

@@ -125,7 +125,38 @@ impl PluginEngine {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+}
 
+/// A loaded component and its identity.
+#[derive(Clone)]
+pub struct Loaded {
+    /// The compiled component.
+    pub component: Component,
+    /// SHA-256 of the component's bytes.
+    pub hash: [u8; 32],
+    /// Which cache (if any) it came from.
+    pub outcome: CacheOutcome,
+}
+
+impl PluginEngine {
+    /// Load a component from a file through the caches, with its content
+    /// hash (used to reuse unchanged plugins across reloads).
+    pub fn load(&self, path: &Path) -> Result<Loaded, PluginError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| PluginError::Load(format!("cannot read {}: {e}", path.display())))?;
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        let (component, outcome) = self
+            .load_bytes(&bytes)
+            .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
+        Ok(Loaded {
+            component,
+            hash,
+            outcome,
+        })
+    }
+}
+
+impl PluginEngine {
     /// Load a component from a file, through the caches.
     pub fn load_file(&self, path: &Path) -> Result<(Component, CacheOutcome), PluginError> {
         let bytes = std::fs::read(path)

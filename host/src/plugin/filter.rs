@@ -24,8 +24,10 @@ use wasmtime::component::{Component, Resource};
 use wasmtime::Store;
 
 /// Everything needed to run one pipeline step.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FilterSpec {
+    /// SHA-256 of the component (a changed file means a new pool).
+    pub component: [u8; 32],
     /// Plugin name.
     pub plugin: Arc<str>,
     /// Route name.

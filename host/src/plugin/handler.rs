@@ -20,8 +20,10 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
 /// Limits for a handler.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HandlerSpec {
+    /// SHA-256 of the component.
+    pub component: [u8; 32],
     /// Plugin name.
     pub plugin: Arc<str>,
     /// Deadline for the guest's execution per request.
@@ -67,6 +69,16 @@ impl Handler {
             return Err(classify(&mut store, Hook::Configure, e));
         }
         Ok(handler)
+    }
+
+    /// The spec it was built from.
+    pub fn spec(&self) -> &HandlerSpec {
+        &self.spec
+    }
+
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        &self.spec.plugin
     }
 
     fn store(&self) -> wasmtime::Store<PluginCtx> {

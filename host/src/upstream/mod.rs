@@ -42,8 +42,24 @@ pub struct Failure {
     pub detail: String,
 }
 
+/// What a cluster was built from (to reuse it, with its connection pool,
+/// across reloads when unchanged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// `host:port` endpoints.
+    pub endpoints: Vec<String>,
+    /// Balancing policy.
+    pub balance: Balance,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+}
+
 /// A named upstream cluster.
 pub struct Cluster {
+    /// What it was built from.
+    pub spec: ClusterSpec,
     /// Cluster name.
     pub name: Arc<str>,
     endpoints: Vec<Endpoint>,
@@ -92,6 +108,12 @@ impl Cluster {
             .pool_max_idle_per_host(256)
             .build(connector);
         Ok(Cluster {
+            spec: ClusterSpec {
+                endpoints: endpoints.iter().map(|e| e.addr.clone()).collect(),
+                balance,
+                connect_timeout,
+                timeout,
+            },
             name: name.into(),
             endpoints,
             next: AtomicUsize::new(0),

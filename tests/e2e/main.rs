@@ -1,0 +1,16 @@
+//! End-to-end tests: the real `ficus` binary (`ficus run`, `ficus check`) against real
+//! upstream servers on loopback and the real plugins built by `host/build.rs`.
+//!
+//! One test binary; one module per area; shared helpers in [`support`]. Each module starts one
+//! gateway for all its tests where it can (see [`support::Shared`]); tests that stop or break
+//! a gateway start their own.
+
+mod support;
+
+mod config;
+mod handler;
+mod lifecycle;
+mod pipeline;
+mod routing;
+mod sandbox;
+mod upstream;
