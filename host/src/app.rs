@@ -7,9 +7,9 @@ use crate::capability::state::embedded::EmbeddedState;
 use crate::capability::state::StateBackend;
 use crate::gateway::Gateway;
 use crate::plugin::engine::{EngineOptions, PluginEngine};
+use crate::reload::{Reloader, Trigger};
 use crate::server::{self, ServerOptions};
 use anyhow::{anyhow, Context};
-use arc_swap::ArcSwap;
 use ficus_config::{Config, ConfigErrors};
 use std::io::Write;
 use std::path::Path;
@@ -53,15 +53,24 @@ async fn shutdown_signal() {
     }
 }
 
-/// Serve with `config` until SIGINT or SIGTERM, then drain in-flight
-/// requests.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Serve with `config` (loaded from `config_path`) until SIGINT or
+/// SIGTERM, then drain in-flight requests. SIGHUP, `POST /admin/reload` and
+/// changes to the config or plugin files reload it.
+pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     metrics::install();
-    let engine = engine_for(&config)?;
-    let (gateway, _) = Gateway::build(&config, &engine, state_for(&config), None)
+    let engine = Arc::new(engine_for(&config)?);
+    let state = state_for(&config);
+    let (gateway, _) = Gateway::build(&config, &engine, state.clone(), None)
         .await
         .map_err(|e| anyhow!("the configuration cannot be served:\n{e}"))?;
-    let gateway = Arc::new(ArcSwap::from_pointee(gateway));
+    let reloader = Arc::new(Reloader::new(
+        &config,
+        config_path,
+        engine.clone(),
+        state,
+        gateway,
+    ));
+    ::metrics::gauge!("ficus_generation").set(1.0);
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -71,6 +80,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (server.admin)", config.server.admin))?;
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let _watcher = match reloader.watch() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "file watching is unavailable, reload with SIGHUP or POST /admin/reload: {e}"
+            );
+            None
+        }
+    };
     tracing::info!(%proxy_addr, %admin_addr, "ficus is serving");
     // A stable line on stdout that scripts and tests can read.
     println!("ficus listening on http://{proxy_addr} admin http://{admin_addr}");
@@ -81,18 +99,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let admin = Arc::new(Admin {
-        gateway: gateway.clone(),
+        reloader: reloader.clone(),
         token: config.server.admin_token.clone(),
         started: SystemTime::now(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, wait(stop_rx.clone())));
+    let hup_task = tokio::spawn(reload_on_sighup(reloader.clone()));
     let options = ServerOptions {
         max_header_bytes: config.server.max_header_bytes,
         max_headers: config.server.max_headers,
         http2: config.server.http2,
         shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
     };
-    let proxy = server::serve(listener, gateway, options, wait(stop_rx));
+    let proxy = server::serve(listener, reloader.gateway(), options, wait(stop_rx));
     tokio::pin!(proxy);
     tokio::select! {
         _ = &mut proxy => {}
@@ -103,10 +122,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
+    hup_task.abort();
     let _ = admin_task.await;
     tracing::info!("stopped");
-    drop(engine);
     Ok(())
+}
+
+async fn reload_on_sighup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reloader.reload(Trigger::Signal).await;
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloader;
+    }
 }
 
 /// Validate the config at `path` and build everything a run would

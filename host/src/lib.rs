@@ -12,6 +12,7 @@ pub mod capability;
 pub mod gateway;
 pub mod pipeline;
 pub mod plugin;
+pub mod reload;
 pub mod server;
 pub mod upstream;
 

@@ -65,8 +65,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
-            let config = match ficus_config::load(&config) {
+        Command::Run { config: path } => {
+            let config = match ficus_config::load(&path) {
                 Ok(c) => c,
                 Err(errors) => {
                     for e in &errors.0 {
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match runtime.block_on(ficus::app::run(config)) {
+            match runtime.block_on(ficus::app::run(config, &path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -1,11 +1,10 @@
-//! The admin listener: `/healthz`, `/metrics` (Prometheus text) and
-//! `/admin/status`. It binds loopback by default; when a token is
+//! The admin listener: `/healthz`, `/metrics` (Prometheus text),
+//! `/admin/status` and `POST /admin/reload`. It binds loopback by default; when a token is
 //! configured, `/admin/*` requires `Authorization: Bearer <token>`.
 
 use crate::capability::metrics;
-use crate::gateway::Gateway;
 use crate::pipeline::response::{error_response, full, BoxBody};
-use arc_swap::ArcSwap;
+use crate::reload::{Reloader, Trigger};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,8 +16,8 @@ use tokio::net::TcpListener;
 
 /// Shared admin state.
 pub struct Admin {
-    /// The serving generation.
-    pub gateway: Arc<ArcSwap<Gateway>>,
+    /// The serving generation and its reloads.
+    pub reloader: Arc<Reloader>,
     /// Bearer token for `/admin/*`, if configured.
     pub token: Option<String>,
     /// When the gateway started.
@@ -37,7 +36,7 @@ impl Admin {
             .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
     }
 
-    fn handle(&self, req: http::Request<hyper::body::Incoming>) -> http::Response<BoxBody> {
+    async fn handle(&self, req: http::Request<hyper::body::Incoming>) -> http::Response<BoxBody> {
         let path = req.uri().path();
         if path.starts_with("/admin/") && !self.authorized(&req) {
             return error_response(
@@ -57,9 +56,23 @@ impl Admin {
                 let uptime = self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0);
                 let body = serde_json::json!({
                     "uptime_seconds": uptime,
-                    "routes": self.gateway.load().summary(),
+                    "reload": self.reloader.status(),
+                    "routes": self.reloader.gateway().load().summary(),
                 });
                 text(StatusCode::OK, "application/json", body.to_string())
+            }
+            (&http::Method::POST, "/admin/reload") => {
+                let outcome = self.reloader.reload(Trigger::Admin).await;
+                let status = if outcome.ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                let body = serde_json::json!({
+                    "generation": self.reloader.status().generation,
+                    "outcome": outcome,
+                });
+                text(status, "application/json", body.to_string())
             }
             _ => error_response(StatusCode::NOT_FOUND, "not_found", "unknown admin endpoint"),
         }
@@ -89,8 +102,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Futu
                 let Ok((stream, _)) = accepted else { continue };
                 let admin = admin.clone();
                 let service = hyper::service::service_fn(move |req| {
-                    let resp = admin.handle(req);
-                    async move { Ok::<_, Infallible>(resp) }
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
                 });
                 tokio::spawn(async move {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
