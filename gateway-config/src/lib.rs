@@ -35,7 +35,7 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    Backend, BackendKind, Config, Grant, InstanceMode, LbPolicy, Match, OnError, PathRule,
+    Backend, BackendKind, Canary, Config, Grant, InstanceMode, LbPolicy, Match, OnError, PathRule,
     PipelineStep, Plugin, Route, Server, Upstream,
 };
 

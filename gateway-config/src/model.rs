@@ -49,6 +49,21 @@ pub(crate) mod defaults {
     pub(crate) const fn http2() -> bool {
         true
     }
+    pub(crate) const fn canary_percent() -> u32 {
+        10
+    }
+    pub(crate) const fn canary_max_error_rate() -> f64 {
+        0.01
+    }
+    pub(crate) const fn canary_max_latency_ms() -> f64 {
+        10.0
+    }
+    pub(crate) const fn canary_min_requests() -> u64 {
+        20
+    }
+    pub(crate) const fn canary_promote_after() -> u64 {
+        1000
+    }
     pub(crate) const fn max_plugin_instances() -> u32 {
         1000
     }
@@ -357,7 +372,7 @@ impl<'de> Deserialize<'de> for BackendKind {
 }
 
 /// `[plugins.NAME]`: a WebAssembly component and the capabilities it is granted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plugin {
     /// Path of the component (`.wasm`), relative to the configuration file's directory.
@@ -388,6 +403,43 @@ pub struct Plugin {
     #[serde(default = "defaults::pool_size")]
     #[schemars(range(min = 1, max = 1024))]
     pub pool_size: u32,
+    /// A canary version of this plugin: another component that receives a share of the
+    /// requests, with automatic rollback or promotion. Default: none.
+    #[serde(default)]
+    pub canary: Option<Canary>,
+}
+
+/// `[plugins.NAME.canary]`: try a new version of a plugin on a share of the requests.
+///
+/// Each request picks stable or canary per pipeline step (and keeps that version for both
+/// hooks). The host counts, for the canary, its errors (traps, timeouts, memory failures and
+/// 5xx responses it produces) and its mean hook latency. Once `min_requests` canary requests
+/// have run, exceeding either budget rolls the canary back (all traffic to stable); meeting
+/// them for `promote_after` requests promotes it (all traffic to the canary). Decisions are
+/// logged, counted in `ficus_canary_decisions_total` and shown in `/admin/status`. A promotion
+/// lasts until the next reload: make it permanent by pointing `source` at the new file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// Path of the canary component, relative to the configuration file's directory. Required.
+    pub source: PathBuf,
+    /// Share of requests sent to the canary, in percent; 0..=100. Default: `10`.
+    #[serde(default = "defaults::canary_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: u32,
+    /// Largest tolerated error rate of the canary, 0.0..=1.0. Default: `0.01`.
+    #[serde(default = "defaults::canary_max_error_rate")]
+    pub max_error_rate: f64,
+    /// Largest tolerated mean time of one canary hook call, in milliseconds. Default: `10`.
+    #[serde(default = "defaults::canary_max_latency_ms")]
+    pub max_latency_ms: f64,
+    /// Canary requests observed before any decision; >= 1. Default: `20`.
+    #[serde(default = "defaults::canary_min_requests")]
+    pub min_requests: u64,
+    /// Canary requests within budget after which it is promoted; >= `min_requests`.
+    /// Default: `1000`.
+    #[serde(default = "defaults::canary_promote_after")]
+    pub promote_after: u64,
 }
 
 impl Plugin {
@@ -401,6 +453,7 @@ impl Plugin {
             memory_limit_bytes: defaults::memory_limit_bytes(),
             instances: InstanceMode::default(),
             pool_size: defaults::pool_size(),
+            canary: None,
         }
     }
 }

@@ -177,6 +177,38 @@ fn check_plugin(name: &str, plugin: &Plugin, out: &mut Problems) {
         1_073_741_824,
     );
     out.range(join_key(&base, "pool_size"), plugin.pool_size, 1, 1024);
+    if let Some(canary) = &plugin.canary {
+        let c = join_key(&base, "canary");
+        if canary.source.as_os_str().is_empty() {
+            out.push(
+                join_key(&c, "source"),
+                "must not be empty (expected the path of a .wasm component)",
+            );
+        }
+        out.range(join_key(&c, "percent"), canary.percent, 0, 100);
+        if !(0.0..=1.0).contains(&canary.max_error_rate) {
+            out.push(
+                join_key(&c, "max_error_rate"),
+                format!("{} is out of range (expected 0.0..=1.0)", canary.max_error_rate),
+            );
+        }
+        if !(canary.max_latency_ms > 0.0 && canary.max_latency_ms.is_finite()) {
+            out.push(
+                join_key(&c, "max_latency_ms"),
+                format!("{} is out of range (expected a positive number)", canary.max_latency_ms),
+            );
+        }
+        out.range(join_key(&c, "min_requests"), canary.min_requests, 1, u64::MAX);
+        if canary.promote_after < canary.min_requests {
+            out.push(
+                join_key(&c, "promote_after"),
+                format!(
+                    "{} is below min_requests ({}): expected promote_after >= min_requests",
+                    canary.promote_after, canary.min_requests
+                ),
+            );
+        }
+    }
 }
 
 fn check_upstream(name: &str, upstream: &Upstream, out: &mut Problems) {

@@ -76,8 +76,16 @@ fn full_example_loads_and_shows_the_defaults() {
     let defaults = Config::default();
     assert_eq!(config.server, defaults.server);
     assert_eq!(config.backend, defaults.backend);
-    let plugin = &config.plugins["example"];
-    assert_eq!(plugin, &ficus_config::Plugin::new("plugins/example.wasm"));
+    let mut plugin = config.plugins["example"].clone();
+    // The example also shows the optional canary, with every key at its default.
+    let canary = plugin.canary.take().expect("the full example shows a canary");
+    assert_eq!(plugin, ficus_config::Plugin::new("plugins/example.wasm"));
+    assert_eq!(canary.source, std::path::Path::new("plugins/example-v2.wasm"));
+    assert_eq!(
+        (canary.percent, canary.max_error_rate, canary.max_latency_ms),
+        (10, 0.01, 10.0)
+    );
+    assert_eq!((canary.min_requests, canary.promote_after), (20, 1000));
     assert_eq!(
         config.upstreams["example"],
         ficus_config::Upstream::new(["127.0.0.1:9001", "localhost:9002"])
@@ -929,4 +937,17 @@ fn schema_is_json_and_describes_routes() {
     assert!(text.contains("fail-closed"));
     assert!(text.contains("round-robin"));
     assert!(text.contains("\"match\""));
+}
+
+#[test]
+fn canary_budgets_are_validated() {
+    let text = r#"
+[plugins.p]
+source = "p.wasm"
+canary = { source = "p2.wasm", percent = 150, max_error_rate = 1.5, min_requests = 50, promote_after = 10 }
+"#;
+    let errors = parse(text).unwrap_err().to_string();
+    assert!(errors.contains("plugins.p.canary.percent"), "{errors}");
+    assert!(errors.contains("plugins.p.canary.max_error_rate"), "{errors}");
+    assert!(errors.contains("plugins.p.canary.promote_after: 10 is below min_requests (50)"), "{errors}");
 }

@@ -3,6 +3,7 @@
 //! that serves one request with it.
 
 use crate::capability::state::StateBackend;
+use crate::pipeline::canary::{Budget, Canary, CanarySummary};
 use crate::pipeline::exchange::{strip_hop_by_hop, RequestState};
 use crate::pipeline::response::{collect_limited, error_response, BoxBody, CollectError};
 use crate::pipeline::{self, Clusters, Destination, Route, RouteMetrics, Step};
@@ -169,14 +170,79 @@ impl Gateway {
                     grants: grants_of(&pc.grants),
                 };
                 let fail_open = pc.on_error == OnError::FailOpen;
-                let kept = previous_route
-                    .and_then(|r| r.steps.get(si))
-                    .filter(|s| *s.pool.spec() == spec);
-                if let Some(s) = kept {
+                let previous_step = previous_route.and_then(|r| r.steps.get(si));
+
+                // The canary version, if configured.
+                let mut canary = None;
+                if let Some(cc) = &pc.canary {
+                    let at = format!("plugins.{}.canary.source", step.plugin);
+                    let budget = Budget {
+                        percent: cc.percent,
+                        max_error_rate: cc.max_error_rate,
+                        max_latency: Duration::from_secs_f64(cc.max_latency_ms / 1000.0),
+                        min_requests: cc.min_requests,
+                        promote_after: cc.promote_after,
+                    };
+                    match engine.load(&config.resolve(&cc.source)) {
+                        Err(e) => {
+                            errors.push(config.error_at(
+                                &at,
+                                format!("canary of plugin \"{}\": {e}", step.plugin),
+                            ));
+                            continue;
+                        }
+                        Ok(loaded_canary) => {
+                            if loaded_canary.outcome == CacheOutcome::Compiled {
+                                stats.compiled += 1;
+                            }
+                            let canary_spec = FilterSpec {
+                                component: loaded_canary.hash,
+                                ..spec.clone()
+                            };
+                            let kept = previous_step
+                                .and_then(|s| s.canary.as_ref())
+                                .filter(|c| *c.pool.spec() == canary_spec && c.budget == budget);
+                            if let Some(c) = kept {
+                                canary = Some(c.clone());
+                            } else {
+                                match FilterPool::new(
+                                    engine,
+                                    &loaded_canary.component,
+                                    canary_spec,
+                                    caps(&step.plugin),
+                                )
+                                .await
+                                {
+                                    Ok(pool) => {
+                                        canary = Some(Arc::new(Canary::new(Arc::new(pool), budget)))
+                                    }
+                                    Err(e) => {
+                                        errors.push(config.error_at(
+                                            &at,
+                                            format!(
+                                                "canary of plugin \"{}\" in route \"{route_name}\": {e}",
+                                                step.plugin
+                                            ),
+                                        ));
+                                        continue;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+
+                // An unchanged stable version keeps its warm pool (whatever
+                // happened to the canary).
+                let reusable_pool = previous_step
+                    .filter(|s| *s.pool.spec() == spec)
+                    .map(|s| s.pool.clone());
+                if let Some(pool) = reusable_pool {
                     stats.steps_reused += 1;
                     steps.push(Step {
-                        pool: s.pool.clone(),
+                        pool,
                         fail_open,
+                        canary,
                     });
                     continue;
                 }
@@ -186,6 +252,7 @@ impl Gateway {
                         steps.push(Step {
                             pool: Arc::new(pool),
                             fail_open,
+                            canary,
                         })
                     }
                     Err(e) => {
@@ -270,6 +337,15 @@ impl Gateway {
             },
             stats,
         ))
+    }
+
+    /// Every canary and where it stands.
+    pub fn canaries(&self) -> Vec<CanarySummary> {
+        self.routes
+            .iter()
+            .flat_map(|(_, r)| r.steps.iter())
+            .filter_map(|s| s.canary.as_ref().map(|c| c.summary()))
+            .collect()
     }
 
     /// Routes and their pipelines.

@@ -58,6 +58,7 @@ impl Admin {
                     "uptime_seconds": uptime,
                     "reload": self.reloader.status(),
                     "routes": self.reloader.gateway().load().summary(),
+                    "canaries": self.reloader.gateway().load().canaries(),
                 });
                 text(StatusCode::OK, "application/json", body.to_string())
             }

@@ -2,6 +2,7 @@
 //! (or Wasm handler) with retries requested by filters, `on-response` hooks
 //! in reverse order, then the response to the client.
 
+pub mod canary;
 pub mod exchange;
 pub mod response;
 
@@ -13,6 +14,7 @@ use crate::plugin::handler::Handler;
 use crate::plugin::{Hook, PluginError};
 use crate::upstream::{kind_name, status_for, Cluster};
 use bytes::Bytes;
+use canary::Canary;
 use exchange::{strip_hop_by_hop, RequestState, ResponseState};
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -27,6 +29,17 @@ pub struct Step {
     pub pool: Arc<FilterPool>,
     /// Skip the plugin when it fails (instead of failing the request).
     pub fail_open: bool,
+    /// A canary version taking a share of the requests.
+    pub canary: Option<Arc<Canary>>,
+}
+
+impl Step {
+    fn pool_for(&self, slot: &Slot) -> &FilterPool {
+        match (&self.canary, slot.canary) {
+            (Some(c), true) => &c.pool,
+            _ => &self.pool,
+        }
+    }
 }
 
 /// Where a route sends requests after its filters.
@@ -156,8 +169,8 @@ impl Produced {
     }
 }
 
-fn plugin_failed(route: &Route, step: &Step, hook: Hook, err: &PluginError) {
-    let spec = step.pool.spec();
+fn plugin_failed(route: &Route, step: &Step, pool: &FilterPool, hook: Hook, err: &PluginError) {
+    let spec = pool.spec();
     metrics::counter!(
         "ficus_plugin_errors_total",
         "plugin" => spec.plugin.to_string(),
@@ -171,6 +184,7 @@ fn plugin_failed(route: &Route, step: &Step, hook: Hook, err: &PluginError) {
         route = %route.name,
         hook = hook.as_str(),
         fail_open = step.fail_open,
+        canary = step.canary.as_ref().is_some_and(|c| std::ptr::eq(&*c.pool, pool)),
         "plugin failed: {err}"
     );
 }
@@ -191,18 +205,29 @@ pub async fn run(
     started: Instant,
 ) -> http::Response<BoxBody> {
     let n = route.steps.len();
-    let mut slots: Vec<Option<Instance>> = Vec::new();
-    slots.resize_with(n, || None);
+    let mut slots: Vec<Slot> = Vec::with_capacity(n);
+    for step in &route.steps {
+        slots.push(Slot {
+            instance: None,
+            canary: step.canary.as_ref().is_some_and(|c| c.pick()),
+            spent: Duration::ZERO,
+            failed: false,
+        });
+    }
     let mut ran: Vec<usize> = Vec::with_capacity(n);
     let mut target = None;
     let mut local: Option<Produced> = None;
 
     for (i, step) in route.steps.iter().enumerate() {
-        if !step.pool.wants_request() {
+        let slot = &mut slots[i];
+        let pool = step.pool_for(slot);
+        if !pool.wants_request() {
             ran.push(i);
             continue;
         }
-        let (back, result) = step.pool.on_request(&mut slots[i], req).await;
+        let call = Instant::now();
+        let (back, result) = pool.on_request(&mut slot.instance, req).await;
+        slot.spent += call.elapsed();
         req = back;
         match result {
             Ok(RequestAction::Continue) => ran.push(i),
@@ -211,11 +236,13 @@ pub async fn run(
                 ran.push(i);
             }
             Ok(RequestAction::Respond(spec)) => {
+                slot.failed |= spec.status >= 500;
                 local = Some(Produced::local(spec, 1, route.plugin_body));
                 break;
             }
             Err(e) => {
-                plugin_failed(route, step, Hook::OnRequest, &e);
+                slot.failed = true;
+                plugin_failed(route, step, pool, Hook::OnRequest, &e);
                 if !step.fail_open {
                     let info = local_info(1);
                     local = Some(Produced::error(
@@ -238,18 +265,22 @@ pub async fn run(
         let mut retry = None;
         for &i in ran.iter().rev() {
             let step = &route.steps[i];
-            if !step.pool.wants_response() {
+            let slot = &mut slots[i];
+            let pool = step.pool_for(slot);
+            if !pool.wants_response() {
                 continue;
             }
-            let (back_req, back_resp, result) = step
-                .pool
-                .on_response(&mut slots[i], req, produced.state, &produced.info)
+            let call = Instant::now();
+            let (back_req, back_resp, result) = pool
+                .on_response(&mut slot.instance, req, produced.state, &produced.info)
                 .await;
+            slot.spent += call.elapsed();
             req = back_req;
             produced.state = back_resp;
             match result {
                 Ok(ResponseAction::Continue) => {}
                 Ok(ResponseAction::Replace(spec)) => {
+                    slot.failed |= spec.status >= 500;
                     let info = produced.info.clone();
                     produced = Produced::local(spec, attempt, route.plugin_body);
                     produced.info = info;
@@ -261,7 +292,8 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
-                    plugin_failed(route, step, Hook::OnResponse, &e);
+                    slot.failed = true;
+                    plugin_failed(route, step, pool, Hook::OnResponse, &e);
                     if !step.fail_open {
                         let info = produced.info.clone();
                         produced = Produced::error(plugin_error_reply(), info, route.plugin_body);
@@ -275,10 +307,27 @@ pub async fn run(
             attempt += 1;
             continue;
         }
+        for (step, slot) in route.steps.iter().zip(&slots) {
+            if let (true, Some(canary)) = (slot.canary, &step.canary) {
+                canary.record(slot.failed, slot.spent);
+            }
+        }
         let resp = produced.into_response();
         route.metrics.record(resp.status(), started);
         return resp;
     }
+}
+
+/// One request's use of one pipeline step.
+struct Slot {
+    /// The instance kept for the request (fresh mode).
+    instance: Option<Instance>,
+    /// Whether the request uses the step's canary version.
+    canary: bool,
+    /// Time spent in the step's hooks.
+    spent: Duration,
+    /// Whether the step failed or produced a 5xx.
+    failed: bool,
 }
 
 fn local_info(attempt: u32) -> AttemptInfo {
