@@ -428,6 +428,7 @@ impl Gateway {
             body_exposed: route.plugin_body,
             attempt_timeout: None,
             context: Vec::new(),
+            mirror: None,
         });
         pipeline::run(&route, &self.clusters, req, started).await
     }

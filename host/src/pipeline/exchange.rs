@@ -66,6 +66,8 @@ pub struct RequestState {
     pub attempt_timeout: Option<Duration>,
     /// Per-request plugin context: (pipeline position, key, value).
     pub context: Vec<(u16, String, String)>,
+    /// A shadow copy requested by a filter.
+    pub mirror: Option<Box<super::shadow::Mirror>>,
 }
 
 impl RequestState {

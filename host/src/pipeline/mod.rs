@@ -5,6 +5,7 @@
 pub mod canary;
 pub mod exchange;
 pub mod response;
+pub mod shadow;
 
 use crate::plugin::bindings::{
     AttemptInfo, RequestAction, ResponseAction, ResponseSpec, UpstreamError,
@@ -312,6 +313,30 @@ pub async fn run(
                 canary.record(slot.failed, slot.spent);
             }
         }
+        if let Some(mirror) = req.mirror.take() {
+            if mirror.compare.body && produced.state.body.is_none() {
+                // Buffer the primary body so it can be compared.
+                if let Some(stream) = produced.stream.take() {
+                    match response::collect_limited(stream, route.max_response_body).await {
+                        Ok(b) => produced.state.body = Some(b),
+                        Err(e) => {
+                            tracing::warn!(route = %route.name, "primary body for shadow comparison failed: {e}");
+                            let info = produced.info.clone();
+                            produced = upstream_failure_from(route, info);
+                        }
+                    }
+                }
+            }
+            let cluster = clusters.get(&mirror.target.cluster).cloned();
+            shadow::spawn(
+                route.name.clone(),
+                cluster,
+                *mirror,
+                &req,
+                shadow::Primary::of(&produced.state),
+                route.max_response_body,
+            );
+        }
         let resp = produced.into_response();
         route.metrics.record(resp.status(), started);
         return resp;
@@ -328,6 +353,18 @@ struct Slot {
     spent: Duration,
     /// Whether the step failed or produced a 5xx.
     failed: bool,
+}
+
+/// A 502 for a primary response whose body failed while being buffered.
+fn upstream_failure_from(route: &Route, info: AttemptInfo) -> Produced {
+    upstream_failure(
+        route,
+        info.number,
+        info.cluster.as_deref(),
+        info.endpoint.as_deref(),
+        info.latency_us,
+        UpstreamError::Protocol,
+    )
 }
 
 fn local_info(attempt: u32) -> AttemptInfo {

@@ -396,6 +396,31 @@ impl types::HostRequest for PluginCtx {
         req.set_context(pos, key, value);
         Ok(())
     }
+    fn mirror(
+        &mut self,
+        _: Resource<RequestHandle>,
+        target: types::UpstreamTarget,
+        compare: types::MirrorCompare,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let req = self.req()?;
+        if target.cluster.is_empty() {
+            return Ok(Err("mirror target cluster must not be empty".into()));
+        }
+        if let Some(bad) = compare
+            .headers
+            .iter()
+            .find(|h| HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Ok(Err(format!(
+                "invalid header name {bad:?} in mirror compare"
+            )));
+        }
+        req.mirror = Some(Box::new(crate::pipeline::shadow::Mirror {
+            target,
+            compare,
+        }));
+        Ok(Ok(()))
+    }
     fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
         Ok(())
     }
