@@ -80,15 +80,12 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (server.admin)", config.server.admin))?;
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let _watcher = match reloader.watch() {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(
-                "file watching is unavailable, reload with SIGHUP or POST /admin/reload: {e}"
-            );
-            None
-        }
-    };
+    if let Err(e) = reloader.watch() {
+        tracing::warn!("file watching is unavailable, reload with SIGHUP or POST /admin/reload: {e}");
+    }
+    // Install the SIGHUP handler before announcing readiness: until then a
+    // SIGHUP would still terminate the process.
+    let hup_task = tokio::spawn(reload_on_sighup(reloader.clone(), hangup_signal()));
     tracing::info!(%proxy_addr, %admin_addr, "ficus is serving");
     // A stable line on stdout that scripts and tests can read.
     println!("ficus listening on http://{proxy_addr} admin http://{admin_addr}");
@@ -104,7 +101,6 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         started: SystemTime::now(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, wait(stop_rx.clone())));
-    let hup_task = tokio::spawn(reload_on_sighup(reloader.clone()));
     let options = ServerOptions {
         max_header_bytes: config.server.max_header_bytes,
         max_headers: config.server.max_headers,
@@ -128,20 +124,42 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn reload_on_sighup(reloader: Arc<Reloader>) {
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+/// Register for SIGHUP (registration replaces the default action, which
+/// would terminate the process).
+fn hangup_signal() -> Hangup {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot handle SIGHUP: {e}");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+async fn reload_on_sighup(reloader: Arc<Reloader>, hangup: Hangup) {
+    #[cfg(unix)]
+    {
+        let Some(mut hup) = hangup else { return };
         while hup.recv().await.is_some() {
             reloader.reload(Trigger::Signal).await;
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = reloader;
+        let _ = (reloader, hangup);
     }
 }
 

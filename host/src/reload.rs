@@ -133,7 +133,34 @@ pub struct Reloader {
     fixed: Fixed,
     status: Mutex<ReloadStatus>,
     watched: Mutex<HashSet<PathBuf>>,
+    watcher: Mutex<Option<Watching>>,
     serial: tokio::sync::Mutex<()>,
+}
+
+/// The file watcher and the directories it watches.
+struct Watching {
+    watcher: notify::RecommendedWatcher,
+    dirs: HashSet<PathBuf>,
+}
+
+impl Watching {
+    /// Watch the parent directory of every path not yet covered. Directories
+    /// rather than files: editors and deploy tools replace files by
+    /// renaming, which a watch on the file itself would lose.
+    fn cover(&mut self, paths: &HashSet<PathBuf>) {
+        for path in paths {
+            let Some(dir) = path.parent() else { continue };
+            if self.dirs.contains(dir) {
+                continue;
+            }
+            match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.dirs.insert(dir.to_path_buf());
+                }
+                Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch for changes: {e}"),
+            }
+        }
+    }
 }
 
 impl Reloader {
@@ -160,6 +187,7 @@ impl Reloader {
                 last_error: None,
             }),
             watched: Mutex::new(HashSet::new()),
+            watcher: Mutex::new(None),
             serial: tokio::sync::Mutex::new(()),
         };
         reloader.set_watched(config);
@@ -184,6 +212,9 @@ impl Reloader {
         set.insert(normalise(&self.config_path));
         for p in config.plugins.values() {
             set.insert(normalise(&config.resolve(&p.source)));
+        }
+        if let Some(w) = self.watcher.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            w.cover(&set);
         }
         *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = set;
     }
@@ -271,34 +302,24 @@ impl Reloader {
         Ok(stats)
     }
 
-    /// Watch the config file and plugin files; reload (debounced) when one
-    /// of them changes. Runs until the returned watcher is dropped.
-    pub fn watch(self: &Arc<Self>) -> notify::Result<notify::RecommendedWatcher> {
+    /// Watch the config file and plugin files (and, after each reload, the
+    /// files the new config names); reload, debounced, when one of them
+    /// changes. The watcher lives as long as the reloader.
+    pub fn watch(self: &Arc<Self>) -> notify::Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event {
-                    if matches!(event.kind, notify::EventKind::Access(_)) {
-                        return;
-                    }
-                    for path in event.paths {
-                        let _ = tx.send(path);
-                    }
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                if matches!(event.kind, notify::EventKind::Access(_)) {
+                    return;
                 }
-            })?;
-        // Watch directories, not files: editors and deploy tools replace
-        // files by renaming, which a watch on the file itself would lose.
-        let mut dirs = HashSet::new();
-        for path in self.watched() {
-            if let Some(dir) = path.parent() {
-                dirs.insert(dir.to_path_buf());
+                for path in event.paths {
+                    let _ = tx.send(path);
+                }
             }
-        }
-        for dir in &dirs {
-            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), "cannot watch for changes: {e}");
-            }
-        }
+        })?;
+        let mut watching = Watching { watcher, dirs: HashSet::new() };
+        watching.cover(&self.watched());
+        *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watching);
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -315,7 +336,7 @@ impl Reloader {
                 }
             }
         });
-        Ok(watcher)
+        Ok(())
     }
 }
 
