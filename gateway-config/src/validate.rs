@@ -189,16 +189,27 @@ fn check_plugin(name: &str, plugin: &Plugin, out: &mut Problems) {
         if !(0.0..=1.0).contains(&canary.max_error_rate) {
             out.push(
                 join_key(&c, "max_error_rate"),
-                format!("{} is out of range (expected 0.0..=1.0)", canary.max_error_rate),
+                format!(
+                    "{} is out of range (expected 0.0..=1.0)",
+                    canary.max_error_rate
+                ),
             );
         }
         if !(canary.max_latency_ms > 0.0 && canary.max_latency_ms.is_finite()) {
             out.push(
                 join_key(&c, "max_latency_ms"),
-                format!("{} is out of range (expected a positive number)", canary.max_latency_ms),
+                format!(
+                    "{} is out of range (expected a positive number)",
+                    canary.max_latency_ms
+                ),
             );
         }
-        out.range(join_key(&c, "min_requests"), canary.min_requests, 1, u64::MAX);
+        out.range(
+            join_key(&c, "min_requests"),
+            canary.min_requests,
+            1,
+            u64::MAX,
+        );
         if canary.promote_after < canary.min_requests {
             out.push(
                 join_key(&c, "promote_after"),

@@ -78,9 +78,15 @@ fn full_example_loads_and_shows_the_defaults() {
     assert_eq!(config.backend, defaults.backend);
     let mut plugin = config.plugins["example"].clone();
     // The example also shows the optional canary, with every key at its default.
-    let canary = plugin.canary.take().expect("the full example shows a canary");
+    let canary = plugin
+        .canary
+        .take()
+        .expect("the full example shows a canary");
     assert_eq!(plugin, ficus_config::Plugin::new("plugins/example.wasm"));
-    assert_eq!(canary.source, std::path::Path::new("plugins/example-v2.wasm"));
+    assert_eq!(
+        canary.source,
+        std::path::Path::new("plugins/example-v2.wasm")
+    );
     assert_eq!(
         (canary.percent, canary.max_error_rate, canary.max_latency_ms),
         (10, 0.01, 10.0)
@@ -948,6 +954,12 @@ canary = { source = "p2.wasm", percent = 150, max_error_rate = 1.5, min_requests
 "#;
     let errors = parse(text).unwrap_err().to_string();
     assert!(errors.contains("plugins.p.canary.percent"), "{errors}");
-    assert!(errors.contains("plugins.p.canary.max_error_rate"), "{errors}");
-    assert!(errors.contains("plugins.p.canary.promote_after: 10 is below min_requests (50)"), "{errors}");
+    assert!(
+        errors.contains("plugins.p.canary.max_error_rate"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("plugins.p.canary.promote_after: 10 is below min_requests (50)"),
+        "{errors}"
+    );
 }

@@ -81,7 +81,9 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     if let Err(e) = reloader.watch() {
-        tracing::warn!("file watching is unavailable, reload with SIGHUP or POST /admin/reload: {e}");
+        tracing::warn!(
+            "file watching is unavailable, reload with SIGHUP or POST /admin/reload: {e}"
+        );
     }
     // Install the SIGHUP handler before announcing readiness: until then a
     // SIGHUP would still terminate the process.

@@ -427,6 +427,7 @@ impl Gateway {
             body,
             body_exposed: route.plugin_body,
             attempt_timeout: None,
+            max_attempts: route.max_attempts,
             context: Vec::new(),
             mirror: None,
         });

@@ -213,7 +213,12 @@ impl Reloader {
         for p in config.plugins.values() {
             set.insert(normalise(&config.resolve(&p.source)));
         }
-        if let Some(w) = self.watcher.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(w) = self
+            .watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             w.cover(&set);
         }
         *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = set;
@@ -317,7 +322,10 @@ impl Reloader {
                 }
             }
         })?;
-        let mut watching = Watching { watcher, dirs: HashSet::new() };
+        let mut watching = Watching {
+            watcher,
+            dirs: HashSet::new(),
+        };
         watching.cover(&self.watched());
         *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watching);
         let me = Arc::downgrade(self);

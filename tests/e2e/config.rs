@@ -34,6 +34,7 @@ const BENCHMARK_PLUGINS: [&str; 2] = ["bench-read.wasm", "bench-copy.wasm"];
 fn every_built_plugin_is_a_known_fixture() {
     let mut known: Vec<&str> = Fixture::ALL.iter().map(|f| f.file_name()).collect();
     known.extend(BENCHMARK_PLUGINS);
+    known.extend(crate::reload::FIXTURES);
     let mut built = Vec::new();
     for entry in std::fs::read_dir(ficus::WASM_DIR).expect("the plugin directory exists") {
         let name = entry.expect("a directory entry").file_name();

@@ -7,10 +7,13 @@
 
 mod support;
 
+mod ambassador;
+mod breaker;
 mod config;
 mod handler;
 mod lifecycle;
 mod pipeline;
+mod reload;
 mod routing;
 mod sandbox;
 mod upstream;

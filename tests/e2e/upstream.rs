@@ -62,7 +62,11 @@ static ENV: Shared<Env> = Shared::new(|| {
     let garbage = BrokenUpstream::start(b"SPEAKING NO HTTP\r\n\r\n");
     let cfg = Cfg::new()
         .server(&format!("max_request_body_bytes = {BODY_LIMIT}"))
-        .upstream("dead", std::slice::from_ref(&dead), "connect_timeout_ms = 500")
+        .upstream(
+            "dead",
+            std::slice::from_ref(&dead),
+            "connect_timeout_ms = 500",
+        )
         .upstream(
             "slow",
             &[slow.endpoint()],

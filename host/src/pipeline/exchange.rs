@@ -64,6 +64,8 @@ pub struct RequestState {
     pub body_exposed: bool,
     /// Per-attempt upstream timeout chosen by a plugin.
     pub attempt_timeout: Option<Duration>,
+    /// The route's cap on upstream attempts.
+    pub max_attempts: u32,
     /// Per-request plugin context: (pipeline position, key, value).
     pub context: Vec<(u16, String, String)>,
     /// A shadow copy requested by a filter.

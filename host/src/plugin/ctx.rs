@@ -372,6 +372,9 @@ impl types::HostRequest for PluginCtx {
         self.req()?.attempt_timeout = Some(Duration::from_millis(u64::from(ms.max(1))));
         Ok(())
     }
+    fn max_attempts(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<u32> {
+        Ok(self.req()?.max_attempts)
+    }
     fn context(
         &mut self,
         _: Resource<RequestHandle>,

@@ -89,6 +89,24 @@ impl HostMonotonicClock for FrozenMonotonic {
     }
 }
 
+/// The real monotonic clock for plugins granted `clock`, with one origin
+/// for the whole process: a request's hooks may run in different pooled
+/// instances, so a reading taken in `on-request` must mean the same thing
+/// in `on-response`.
+struct SharedMonotonic;
+impl HostMonotonicClock for SharedMonotonic {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
+    }
+}
+
 /// Build the WASI context for one plugin store.
 pub fn wasi_ctx(clock: bool, output: &OutputCapture) -> WasiCtx {
     let mut b = WasiCtx::builder();
@@ -98,7 +116,9 @@ pub fn wasi_ctx(clock: bool, output: &OutputCapture) -> WasiCtx {
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .socket_addr_check(|_, _| Box::pin(async { false }));
-    if !clock {
+    if clock {
+        b.monotonic_clock(SharedMonotonic);
+    } else {
         b.wall_clock(FrozenWall).monotonic_clock(FrozenMonotonic);
     }
     b.build()

@@ -355,6 +355,21 @@ impl Gateway {
         Req::new("GET", format!("http://{}{path}", self.admin))
     }
 
+    /// A request to the admin listener (e.g. `POST /admin/reload`).
+    pub(crate) fn admin_request(&self, method: &str, path: &str) -> Req {
+        Req::new(method, format!("http://{}{path}", self.admin))
+    }
+
+    /// The process id (for signals and `/proc/PID`).
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The config file the gateway runs with; rewriting it reloads the gateway.
+    pub(crate) fn config_file(&self) -> PathBuf {
+        self._dir.path().join("gateway.toml")
+    }
+
     /// The Prometheus text of `/metrics`.
     pub(crate) async fn metrics(&self) -> String {
         let resp = self.admin_get("/metrics").send().await;

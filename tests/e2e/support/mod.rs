@@ -9,12 +9,16 @@
 //! * [`Req`] / [`Resp`] are a tiny HTTP client (HTTP/1.1 or HTTP/2 prior knowledge).
 //! * [`Shared`] holds a module's gateway and upstreams, started once for all its tests.
 
+mod flaky;
 mod gateway;
 mod http;
+mod switch;
 mod upstream;
 
+pub(crate) use flaky::{Fault, Flaky};
 pub(crate) use gateway::{Cfg, Gateway, Shared};
 pub(crate) use http::{raw_http, Req};
+pub(crate) use switch::Switch;
 pub(crate) use upstream::{dead_endpoint, BrokenUpstream, Upstream};
 
 use std::path::{Path, PathBuf};
@@ -38,12 +42,17 @@ pub(crate) enum Fixture {
     MemoryHog,
     /// `plugins/fixtures/ungranted`: imports `ficus:gateway/state`.
     Ungranted,
+    /// `plugins/ambassador`: retries, timeouts, budget, auth headers, access log, metrics.
+    /// Needs the grants log, metrics, state and clock.
+    Ambassador,
+    /// `plugins/circuit-breaker`: the circuit breaker. Needs `state`, `clock`, `metrics`, `log`.
+    CircuitBreaker,
 }
 
 impl Fixture {
     /// Every fixture; `config::every_built_plugin_is_a_known_fixture` checks that nothing else
     /// is built, so a new plugin cannot land without the suite knowing about it.
-    pub(crate) const ALL: [Fixture; 7] = [
+    pub(crate) const ALL: [Fixture; 9] = [
         Fixture::Headers,
         Fixture::Hello,
         Fixture::Probe,
@@ -51,6 +60,8 @@ impl Fixture {
         Fixture::Trap,
         Fixture::MemoryHog,
         Fixture::Ungranted,
+        Fixture::Ambassador,
+        Fixture::CircuitBreaker,
     ];
 
     /// File name in [`ficus::WASM_DIR`].
@@ -63,6 +74,8 @@ impl Fixture {
             Fixture::Trap => "trap.wasm",
             Fixture::MemoryHog => "memory-hog.wasm",
             Fixture::Ungranted => "ungranted.wasm",
+            Fixture::CircuitBreaker => "circuit-breaker.wasm",
+            Fixture::Ambassador => "ambassador.wasm",
         }
     }
 
