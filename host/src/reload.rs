@@ -212,6 +212,9 @@ impl Reloader {
         set.insert(normalise(&self.config_path));
         for p in config.plugins.values() {
             set.insert(normalise(&config.resolve(&p.source)));
+            if let Some(canary) = &p.canary {
+                set.insert(normalise(&config.resolve(&canary.source)));
+            }
         }
         if let Some(w) = self
             .watcher
