@@ -332,3 +332,21 @@ fn unreachable_route_is_reported() {
         "expected a shadowing error at line {line}\n{checked}"
     );
 }
+
+#[test]
+fn schema_command_prints_the_json_schema() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ficus"))
+        .arg("schema")
+        .output()
+        .expect("run ficus schema");
+    assert!(out.status.success(), "ficus schema failed: {out:?}");
+    let schema: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("ficus schema prints JSON");
+    let properties = &schema["properties"];
+    for key in ["server", "backend", "plugins", "upstreams", "routes"] {
+        assert!(
+            properties.get(key).is_some(),
+            "schema lacks {key}: {properties}"
+        );
+    }
+}
