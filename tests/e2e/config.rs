@@ -35,6 +35,7 @@ fn every_built_plugin_is_a_known_fixture() {
     let mut known: Vec<&str> = Fixture::ALL.iter().map(|f| f.file_name()).collect();
     known.extend(BENCHMARK_PLUGINS);
     known.extend(crate::reload::FIXTURES);
+    known.extend(crate::strangler::FIXTURES);
     let mut built = Vec::new();
     for entry in std::fs::read_dir(ficus::WASM_DIR).expect("the plugin directory exists") {
         let name = entry.expect("a directory entry").file_name();

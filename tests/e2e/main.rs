@@ -16,4 +16,5 @@ mod pipeline;
 mod reload;
 mod routing;
 mod sandbox;
+mod strangler;
 mod upstream;
