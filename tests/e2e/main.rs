@@ -16,5 +16,6 @@ mod pipeline;
 mod reload;
 mod routing;
 mod sandbox;
+mod shard;
 mod strangler;
 mod upstream;
