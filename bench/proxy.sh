@@ -11,6 +11,13 @@
 #   ficus-0    wrk -> ficus, route with 0 plugins -> bench_upstream
 #   ficus-1    wrk -> ficus, route with 1 plugin (`headers` sets one
 #              request header) -> bench_upstream
+#   ficus-1-reloading   ficus-1 while the config is rewritten and reloaded
+#              (POST /admin/reload) every 100 ms, rebuilding the step
+#   ficus-amb-cb  route with the ambassador + circuit-breaker plugins
+#   ficus-shard   route with the shard-router plugin (Maglev, client key)
+#   ficus-strangler  route with the strangler plugin (50 % sticky split)
+#
+# TARGETS="bare ficus-0" limits the run to some targets.
 #
 # Each proxy is started fresh for each measurement, pinned to CPU 0
 # (`taskset -c 0`); wrk and the upstream share CPU 1. Targets are interleaved
@@ -18,13 +25,13 @@
 # the proxy's CPU time per request, and req/s relative to the bare proxy.
 # Benchmarks report: this script never fails on a slow result.
 #
-# Knobs (environment): ROUNDS=3 DURATION=10 (seconds per run) WARMUP=2
+# Knobs (environment): ROUNDS=3 DURATION=8 (seconds per run) WARMUP=2
 # CONNECTIONS=32 THREADS=1 SKIP_BUILD=1 (use existing binaries).
 # With the defaults the measurements take about 3 minutes.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
@@ -39,7 +46,8 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     echo "== building (release): ficus, bench_upstream, bare_proxy" >&2
     cargo build --release -p ficus --bin ficus --examples
 fi
-for f in "$BIN/ficus" "$BIN/examples/bench_upstream" "$BIN/examples/bare_proxy" "$WASM_DIR/headers.wasm"; do
+for f in "$BIN/ficus" "$BIN/examples/bench_upstream" "$BIN/examples/bare_proxy" "$WASM_DIR/headers.wasm" \
+    "$WASM_DIR/ambassador.wasm" "$WASM_DIR/circuit-breaker.wasm" "$WASM_DIR/shard-router.wasm" "$WASM_DIR/strangler.wasm"; do
     [[ -e "$f" ]] || { echo "error: $f is missing (build failed?)" >&2; exit 1; }
 done
 
@@ -136,27 +144,96 @@ data_dir = "$dir/data"
 [upstreams.app]
 endpoints = ["$UPSTREAM"]
 
+[upstreams.app2]
+endpoints = ["$UPSTREAM"]
+
 EOF
-    if [[ $plugins == 1 ]]; then
-        cat >>"$file" <<EOF
+    case $plugins in
+        1)
+            cat >>"$file" <<EOF
 [plugins.headers]
 source = "$WASM_DIR/headers.wasm"
 
 [[routes]]
 name = "bench"
 upstream = "app"
-pipeline = [{ plugin = "headers", config = { request = { set = { "x-bench" = "1" } } } }]
+pipeline = [{ plugin = "headers", config = { request = { set = { "x-bench" = "${3:-1}" } } } }]
 EOF
-    else
-        cat >>"$file" <<EOF
+            ;;
+        amb-cb)
+            cat >>"$file" <<EOF
+[plugins.ambassador]
+source = "$WASM_DIR/ambassador.wasm"
+grants = ["log", "metrics", "state", "clock"]
+
+[plugins.breaker]
+source = "$WASM_DIR/circuit-breaker.wasm"
+grants = ["log", "metrics", "state", "clock"]
+
+[[routes]]
+name = "bench"
+upstream = "app"
+max_attempts = 2
+pipeline = [
+  { plugin = "ambassador", config = { retry = { attempts = 2 } } },
+  { plugin = "breaker", config = { minimum_calls = 20, sliding_window_size = 100 } },
+]
+EOF
+            ;;
+        shard)
+            cat >>"$file" <<EOF
+[plugins.shard]
+source = "$WASM_DIR/shard-router.wasm"
+grants = ["state"]
+
+[[routes]]
+name = "bench"
+upstream = "app"
+pipeline = [{ plugin = "shard", config = { key = [{ header = "x-user" }, { client_ip = true }], shards = [{ id = "a", cluster = "app" }, { id = "b", cluster = "app" }, { id = "c", cluster = "app" }] } }]
+EOF
+            ;;
+        strangler)
+            cat >>"$file" <<EOF
+[plugins.strangler]
+source = "$WASM_DIR/strangler.wasm"
+grants = ["metrics"]
+
+[[routes]]
+name = "bench"
+upstream = "app"
+pipeline = [{ plugin = "strangler", config = { legacy = "app", new = "app2", rules = [{ path_prefix = "/", percent = 50 }] } }]
+EOF
+            ;;
+        *)
+            cat >>"$file" <<EOF
 [[routes]]
 name = "bench"
 upstream = "app"
 EOF
-    fi
+            ;;
+    esac
 }
 write_config "$TMP/ficus-0.toml" 0
 write_config "$TMP/ficus-1.toml" 1
+write_config "$TMP/ficus-1-reloading.toml" 1
+write_config "$TMP/ficus-amb-cb.toml" amb-cb
+write_config "$TMP/ficus-shard.toml" shard
+write_config "$TMP/ficus-strangler.toml" strangler
+
+# reloader ADMIN_ADDR CONFIG: rewrite CONFIG (alternating the header value, so
+# the step is rebuilt) and POST /admin/reload every 100 ms until killed.
+reloader() {
+    local admin=$1 file=$2 n=0 failed=0
+    while true; do
+        n=$((n + 1))
+        write_config "$file" 1 "$n"
+        if ! curl -sf -X POST "http://$admin/admin/reload" >/dev/null; then
+            failed=$((failed + 1))
+        fi
+        echo "$n reloads, $failed failed" >"$TMP/reloads"
+        sleep 0.1
+    done
+}
 
 # start_target NAME: start the proxy for NAME (none for `direct`); sets
 # TARGET_ADDR and TARGET_PID (the process whose CPU time is counted).
@@ -171,10 +248,17 @@ start_target() {
             TARGET_ADDR=$STARTED_ADDR
             TARGET_PID=$STARTED_PID
             ;;
-        ficus-0 | ficus-1)
+        ficus-*)
             start "$1" 'ficus listening on http://[0-9.:]+' "${PROXY_PIN[@]}" "$BIN/ficus" run --config "$TMP/$1.toml"
             TARGET_ADDR=$STARTED_ADDR
             TARGET_PID=$STARTED_PID
+            if [[ $1 == ficus-1-reloading ]]; then
+                local admin
+                admin=$(grep -m1 -oE 'admin http://[0-9.:]+' "$TMP/$1.out" | grep -oE '[0-9.]+:[0-9]+')
+                reloader "$admin" "$TMP/$1.toml" &
+                RELOADER_PID=$!
+                PIDS+=("$RELOADER_PID")
+            fi
             ;;
     esac
 }
@@ -188,7 +272,7 @@ to_us() {
     }'
 }
 
-TARGETS=(direct bare ficus-0 ficus-1)
+read -r -a TARGETS <<<"${TARGETS:-direct bare ficus-0 ficus-1 ficus-1-reloading ficus-amb-cb ficus-shard ficus-strangler}"
 RESULTS=$TMP/results.tsv # target round rps p50_us p99_us cpu_us_per_req errors
 : >"$RESULTS"
 
@@ -221,6 +305,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$round" "$rps" "$p50" "$p99" "$cpu" "${errors:-}" >>"$RESULTS"
         printf '   round %d  %-8s %10s req/s  p50 %6s us  p99 %6s us  cpu %5s us/req  rss %s %s\n' \
             "$round" "$target" "$rps" "$p50" "$p99" "$cpu" "$rss" "${errors:-}" >&2
+        if [[ $target == ficus-1-reloading ]]; then
+            stop "$RELOADER_PID"
+            echo "   (during the run: $(cat "$TMP/reloads" 2>/dev/null || echo '?'))" >&2
+        fi
         if [[ $target != direct ]]; then
             stop "$TARGET_PID"
         fi
@@ -234,11 +322,11 @@ BARE_RPS=$(col bare 3)
 echo
 echo "Ficus load test: loopback, 2-byte body, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, medians of $ROUNDS interleaved rounds"
 echo "(proxies pinned to CPU 0, wrk + upstream to CPU 1: ${PROXY_PIN[*]:-unpinned})"
-printf '%-10s %12s %10s %10s %14s %14s\n' target "req/s" "p50 (us)" "p99 (us)" "CPU us/req" "vs bare proxy"
+printf '%-18s %12s %10s %10s %14s %14s\n' target "req/s" "p50 (us)" "p99 (us)" "CPU us/req" "vs bare proxy"
 for target in "${TARGETS[@]}"; do
     rps=$(col "$target" 3)
     ratio=$(awk -v a="$rps" -v b="$BARE_RPS" 'BEGIN { if (b > 0) printf "%.3fx", a / b; else print "n/a" }')
-    printf '%-10s %12.0f %10.0f %10.0f %14.1f %14s\n' "$target" "$rps" "$(col "$target" 4)" "$(col "$target" 5)" "$(col "$target" 6)" "$ratio"
+    printf '%-18s %12.0f %10.0f %10.0f %14.1f %14s\n' "$target" "$rps" "$(col "$target" 4)" "$(col "$target" 5)" "$(col "$target" 6)" "$ratio"
 done
 echo "targets: ficus-0 >= 0.95x and ficus-1 >= 0.90x the bare proxy's req/s"
 if awk -F'\t' '$7 != "" { found = 1 } END { exit !found }' "$RESULTS"; then

@@ -57,7 +57,16 @@ async fn shutdown_signal() {
 /// SIGTERM, then drain in-flight requests. SIGHUP, `POST /admin/reload` and
 /// changes to the config or plugin files reload it.
 pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
-    metrics::install();
+    let prometheus = metrics::install();
+    // Histograms keep raw samples until upkeep folds them in; without it
+    // memory grows when nobody scrapes /metrics.
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            prometheus.run_upkeep();
+        }
+    });
     let engine = Arc::new(engine_for(&config)?);
     let state = state_for(&config);
     let (gateway, _) = Gateway::build(&config, &engine, state.clone(), None)
@@ -121,6 +130,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     hup_task.abort();
+    upkeep.abort();
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
