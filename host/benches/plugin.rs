@@ -285,6 +285,29 @@ fn warm_on_request(c: &mut Criterion, id: &str, pool: Arc<FilterPool>) {
     });
 }
 
+/// Like [`warm_on_request`], for plugins that answer `route(...)` (or any
+/// non-error action).
+fn warm_on_request_routing(c: &mut Criterion, id: &str, pool: Arc<FilterPool>) {
+    let env = env();
+    c.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            env.rt.block_on(async {
+                let mut req = request(headers());
+                let mut slot = None;
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let (back, result) = pool.on_request(&mut slot, req).await;
+                    req = back;
+                    if let Err(e) = result {
+                        panic!("{id}: hook failed: {e}");
+                    }
+                }
+                record(id, iters, start.elapsed())
+            })
+        })
+    });
+}
+
 fn bench_hook(c: &mut Criterion) {
     let env = env();
     let none = Grants::default();
@@ -293,6 +316,24 @@ fn bench_hook(c: &mut Criterion) {
         c,
         "hook/resource_read2",
         pool("bench-read", "{}", none, false),
+    );
+    // The shard router's per-request cost (issue 4): key from header `a`,
+    // 100 shards placed with Maglev (table 65537, built in configure).
+    let shards: Vec<String> = (0..100)
+        .map(|i| format!(r#"{{"id":"s{i}","cluster":"c{i}"}}"#))
+        .collect();
+    let shard_config = format!(
+        r#"{{"key":[{{"header":"a"}}],"shard_header":"","shards":[{}]}}"#,
+        shards.join(",")
+    );
+    let state = Grants {
+        state: true,
+        ..Grants::default()
+    };
+    warm_on_request_routing(
+        c,
+        "hook/shard_router_maglev_100",
+        pool("shard-router", &shard_config, state, false),
     );
     warm_on_request(
         c,
@@ -714,6 +755,11 @@ fn summary() {
     println!();
     println!("==== Ficus plugin benchmarks: summary (median time per operation, this run) ====");
     println!("warm on-request hook, request with 10 headers:");
+    line(
+        "shard router, Maglev, 100 shards, key from a header",
+        "hook/shard_router_maglev_100",
+        String::new(),
+    );
     line(
         "resource WIT, guest reads headers a, b",
         "hook/resource_read2",
