@@ -20,8 +20,8 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::ficus::gateway::filter_hooks::HookSet;
-pub use ficus::gateway::types::{
+pub use self::exports::ficus::gateway::filter_hooks::HookSet;
+pub use self::ficus::gateway::types::{
     AttemptInfo, HeaderError, RequestAction, ResponseAction, ResponseSpec, UpstreamError,
     UpstreamTarget,
 };
