@@ -31,7 +31,6 @@ use ficus::upstream::{Balance, Cluster};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -151,12 +150,11 @@ fn env() -> &'static Env {
 /// with the SHA-256 of its bytes.
 fn component(name: &str) -> (wasmtime::component::Component, [u8; 32]) {
     let path = Path::new(ficus::WASM_DIR).join(format!("{name}.wasm"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let (component, _) = env()
+    let loaded = env()
         .engine
-        .load_bytes(&bytes)
+        .load(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    (component, Sha256::digest(&bytes).into())
+    (loaded.component, loaded.hash)
 }
 
 fn spec(

@@ -459,7 +459,7 @@ async fn destination(
     let latency_us = sent.elapsed().as_micros() as u64;
     match result {
         Ok(resp) => {
-            metrics::counter!("ficus_upstream_attempts_total", "cluster" => cluster.name.to_string(), "outcome" => "response").increment(1);
+            cluster.responses.increment(1);
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             let info = AttemptInfo {
@@ -470,46 +470,21 @@ async fn destination(
                 error: None,
                 local: false,
             };
-            if route.plugin_body {
-                match response::collect_limited(body, route.max_response_body).await {
-                    Ok(collected) => {
-                        parts.headers.remove(http::header::CONTENT_LENGTH);
-                        Produced {
-                            state: Box::new(ResponseState {
-                                status: parts.status,
-                                headers: parts.headers,
-                                body: Some(collected),
-                                body_exposed: true,
-                            }),
-                            stream: None,
-                            info,
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(route = %route.name, cluster = %cluster.name, "upstream response body failed: {e}");
-                        upstream_failure(
-                            route,
-                            attempt,
-                            Some(&cluster.name),
-                            Some(&endpoint.addr),
-                            latency_us,
-                            UpstreamError::Protocol,
-                        )
-                    }
-                }
-            } else {
-                Produced {
-                    state: Box::new(ResponseState {
-                        status: parts.status,
-                        headers: parts.headers,
-                        body: None,
-                        body_exposed: false,
-                    }),
-                    stream: Some(
-                        body.map_err(|e| Box::new(e) as response::BoxError)
-                            .boxed_unsync(),
-                    ),
-                    info,
+            let body = body
+                .map_err(|e| Box::new(e) as response::BoxError)
+                .boxed_unsync();
+            match received(route, parts, body, info).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(route = %route.name, cluster = %cluster.name, "upstream response body failed: {e}");
+                    upstream_failure(
+                        route,
+                        attempt,
+                        Some(&cluster.name),
+                        Some(&endpoint.addr),
+                        latency_us,
+                        UpstreamError::Protocol,
+                    )
                 }
             }
         }
@@ -534,6 +509,34 @@ async fn destination(
             )
         }
     }
+}
+
+/// A response head and body from the destination: buffered and shown to
+/// plugins when the route asks for bodies (up to its limit), streamed to the
+/// client otherwise.
+async fn received(
+    route: &Route,
+    mut parts: http::response::Parts,
+    body: BoxBody,
+    info: AttemptInfo,
+) -> Result<Produced, response::CollectError> {
+    let (body, stream) = if route.plugin_body {
+        let collected = response::collect_limited(body, route.max_response_body).await?;
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        (Some(collected), None)
+    } else {
+        (None, Some(body))
+    };
+    Ok(Produced {
+        state: Box::new(ResponseState {
+            status: parts.status,
+            headers: parts.headers,
+            body_exposed: body.is_some(),
+            body,
+        }),
+        stream,
+        info,
+    })
 }
 
 fn upstream_failure(
@@ -613,36 +616,11 @@ async fn call_handler(
             let body = body
                 .map_err(|e| Box::new(e) as response::BoxError)
                 .boxed_unsync();
-            if route.plugin_body {
-                match response::collect_limited(body, route.max_response_body).await {
-                    Ok(c) => {
-                        parts.headers.remove(http::header::CONTENT_LENGTH);
-                        Produced {
-                            state: Box::new(ResponseState {
-                                status: parts.status,
-                                headers: parts.headers,
-                                body: Some(c),
-                                body_exposed: true,
-                            }),
-                            stream: None,
-                            info,
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(route = %route.name, "handler response body failed: {e}");
-                        Produced::error(plugin_error_reply(), info, true)
-                    }
-                }
-            } else {
-                Produced {
-                    state: Box::new(ResponseState {
-                        status: parts.status,
-                        headers: parts.headers,
-                        body: None,
-                        body_exposed: false,
-                    }),
-                    stream: Some(body),
-                    info,
+            match received(route, parts, body, info.clone()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(route = %route.name, "handler response body failed: {e}");
+                    Produced::error(plugin_error_reply(), info, true)
                 }
             }
         }

@@ -125,51 +125,27 @@ impl PluginEngine {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
-}
 
-/// A loaded component and its identity.
-#[derive(Clone)]
-pub struct Loaded {
-    /// The compiled component.
-    pub component: Component,
-    /// SHA-256 of the component's bytes.
-    pub hash: [u8; 32],
-    /// Which cache (if any) it came from.
-    pub outcome: CacheOutcome,
-}
-
-impl PluginEngine {
     /// Load a component from a file through the caches, with its content
     /// hash (used to reuse unchanged plugins across reloads).
     pub fn load(&self, path: &Path) -> Result<Loaded, PluginError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| PluginError::Load(format!("cannot read {}: {e}", path.display())))?;
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        let (component, outcome) = self
-            .load_bytes(&bytes)
-            .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
-        Ok(Loaded {
-            component,
-            hash,
-            outcome,
-        })
-    }
-}
-
-impl PluginEngine {
-    /// Load a component from a file, through the caches.
-    pub fn load_file(&self, path: &Path) -> Result<(Component, CacheOutcome), PluginError> {
         let bytes = std::fs::read(path)
             .map_err(|e| PluginError::Load(format!("cannot read {}: {e}", path.display())))?;
         self.load_bytes(&bytes)
             .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))
     }
 
-    /// Load a component from its bytes, through the caches.
-    pub fn load_bytes(&self, bytes: &[u8]) -> Result<(Component, CacheOutcome), String> {
+    /// Load a component from its bytes through the caches (hashing them
+    /// once: the hash keys both caches and is returned for reuse checks).
+    pub fn load_bytes(&self, bytes: &[u8]) -> Result<Loaded, String> {
         let hash: [u8; 32] = Sha256::digest(bytes).into();
+        let loaded = |component, outcome| Loaded {
+            component,
+            hash,
+            outcome,
+        };
         if let Some(c) = self.memory.get(&hash) {
-            return Ok((c, CacheOutcome::Memory));
+            return Ok(loaded(c, CacheOutcome::Memory));
         }
         let artifact = self
             .cache_dir
@@ -183,7 +159,7 @@ impl PluginEngine {
             match unsafe { Component::deserialize_file(&self.engine, path) } {
                 Ok(c) => {
                     self.memory.insert(hash, c.clone());
-                    return Ok((c, CacheOutcome::Disk));
+                    return Ok(loaded(c, CacheOutcome::Disk));
                 }
                 Err(e) => tracing::warn!(
                     artifact = %path.display(),
@@ -204,8 +180,19 @@ impl PluginEngine {
             }
         }
         self.memory.insert(hash, component.clone());
-        Ok((component, CacheOutcome::Compiled))
+        Ok(loaded(component, CacheOutcome::Compiled))
     }
+}
+
+/// A loaded component and its identity.
+#[derive(Clone)]
+pub struct Loaded {
+    /// The compiled component.
+    pub component: Component,
+    /// SHA-256 of the component's bytes.
+    pub hash: [u8; 32],
+    /// Which cache (if any) it came from.
+    pub outcome: CacheOutcome,
 }
 
 fn write_artifact(component: &Component, path: &Path) -> std::io::Result<()> {

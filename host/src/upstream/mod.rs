@@ -68,6 +68,9 @@ pub struct Cluster {
     client: Client<HttpConnector, Full<Bytes>>,
     /// Default per-attempt timeout (until the response head).
     pub timeout: Duration,
+    /// `ficus_upstream_attempts_total{outcome="response"}`, registered once
+    /// (the request path only increments it).
+    pub responses: metrics::Counter,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -120,6 +123,11 @@ impl Cluster {
             balance,
             client,
             timeout,
+            responses: metrics::counter!(
+                "ficus_upstream_attempts_total",
+                "cluster" => name.to_owned(),
+                "outcome" => "response"
+            ),
         })
     }
 
