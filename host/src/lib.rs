@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod pipeline;
 pub mod plugin;
 pub mod reload;
+pub mod scaffold;
 pub mod server;
 pub mod upstream;
 

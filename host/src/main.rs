@@ -28,6 +28,11 @@ enum Command {
     },
     /// Print the JSON Schema of the config file.
     Schema,
+    /// Start, build and inspect plugin projects (Rust, Python, JavaScript).
+    Plugin {
+        #[command(subcommand)]
+        command: ficus::scaffold::cli::PluginCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Plugin { command } => command.run(),
         Command::Run { config: path } => {
             let config = match ficus_config::load(&path) {
                 Ok(c) => c,
