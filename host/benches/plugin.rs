@@ -11,6 +11,7 @@
 //! | --- | --- |
 //! | `hook` | a warm `on-request` call on a request with 10 headers: the real WIT (`request` resource, the guest reads headers `a` and `b`), an empty hook, the guest copying all headers with `req.headers()`, and the rejected design where every call receives every header as a `list<tuple<string, list<u8>>>` |
 //! | `instantiate` | `FilterPool::instantiate` (new store + pooled instance + `configure`) of the `headers` plugin, against a bare `Store::new` and the gateway's `new_store`; and a fresh instance plus one call |
+//! | `polyglot` | the same filter written in Rust, Python and JavaScript (`plugins-polyglot/`): `FilterPool::instantiate` + `configure`, and a warm `on-request` (geo-router reads a header and routes; api-key checks a header and increments a `state` counter). Needs the components built by the e2e suite (`cargo test -p ficus --test e2e polyglot`); skipped with a note otherwise |
 //! | `pipeline` | `ficus::pipeline::run` in-process to a loopback upstream started here, with 0 and 1 plugin, and a 1-plugin route whose filter answers directly |
 //!
 //! Each sample runs the operation `iters` times inside one `block_on` of a
@@ -493,6 +494,114 @@ fn bench_hook(c: &mut Criterion) {
     });
 }
 
+// ---------------------------------------------------------------- polyglot
+
+/// The polyglot examples as `tests/e2e/polyglot.rs` builds them:
+/// (component file, language, config, memory limit).
+const POLYGLOT: [(&str, &str, &str, usize); 4] = [
+    (
+        "geo-router-rust",
+        "rust",
+        r#"{"header":"a","routes":{"alpha-0123456789":"eu"}}"#,
+        16 << 20,
+    ),
+    (
+        "geo-router-js",
+        "js",
+        r#"{"header":"a","routes":{"alpha-0123456789":"eu"}}"#,
+        16 << 20,
+    ),
+    (
+        "api-key-rust",
+        "rust",
+        r#"{"header":"a","keys":["alpha-0123456789"]}"#,
+        16 << 20,
+    ),
+    (
+        "api-key-python",
+        "python",
+        r#"{"header":"a","keys":["alpha-0123456789"]}"#,
+        64 << 20,
+    ),
+];
+
+fn polyglot_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("polyglot/examples")
+}
+
+fn bench_polyglot(c: &mut Criterion) {
+    let env = env();
+    let dir = polyglot_dir();
+    for (name, _, config, memory) in POLYGLOT {
+        let path = dir.join(format!("{name}.wasm"));
+        if !path.is_file() {
+            println!(
+                "polyglot/{name}: skipped, {} is not built (run `cargo test -p ficus --test e2e polyglot` first)",
+                path.display()
+            );
+            continue;
+        }
+        let loaded = env
+            .engine
+            .load(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let grants = Grants {
+            state: name.starts_with("api-key"),
+            ..Grants::default()
+        };
+        let mut spec = spec(name, loaded.hash, config, grants, false);
+        spec.memory_limit = memory;
+        let pool = Arc::new(
+            env.rt
+                .block_on(FilterPool::new(
+                    &env.engine,
+                    &loaded.component,
+                    spec,
+                    env.caps.clone(),
+                ))
+                .unwrap_or_else(|e| panic!("{name}: {e}")),
+        );
+        let id = format!("polyglot/instantiate_{name}");
+        c.bench_function(&id, |b| {
+            b.iter_custom(|iters| {
+                env.rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(pool.instantiate().await.expect("instantiate"));
+                    }
+                    record(&id, iters, start.elapsed())
+                })
+            })
+        });
+        let id = format!("polyglot/hook_{name}");
+        let key = HeaderValue::from_static("alpha-0123456789");
+        c.bench_function(&id, |b| {
+            b.iter_custom(|iters| {
+                env.rt.block_on(async {
+                    let mut req = request(headers());
+                    let mut slot = None;
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        // api-key removes the key header: put it back (the
+                        // same few ns for every language).
+                        req.headers
+                            .insert(HeaderName::from_static("a"), key.clone());
+                        let (back, result) = pool.on_request(&mut slot, req).await;
+                        req = back;
+                        match result {
+                            Ok(RequestAction::Respond(_)) | Err(_) => {
+                                panic!("{name}: the request should pass: {result:?}")
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                    record(&id, iters, start.elapsed())
+                })
+            })
+        });
+    }
+}
+
 // ---------------------------------------------------------------- instantiate
 
 fn bench_instantiate(c: &mut Criterion) {
@@ -863,6 +972,23 @@ fn summary() {
             )
         ),
     );
+    println!("the same filter per language (plugins-polyglot; ratios against the Rust build):");
+    for (name, lang, _, _) in POLYGLOT {
+        let twin = format!("{}-rust", name.rsplit_once('-').map_or(name, |(a, _)| a));
+        for (kind, what) in [
+            ("instantiate", "instantiate + configure"),
+            ("hook", "warm on-request"),
+        ] {
+            let id = format!("polyglot/{kind}_{name}");
+            let rust = format!("polyglot/{kind}_{twin}");
+            let note = if lang == "rust" {
+                String::new()
+            } else {
+                format!("= {} of Rust", ratio(&id, &rust))
+            };
+            line(&format!("{name} ({lang}): {what}"), &id, note);
+        }
+    }
     for (group, title) in [
         ("pipeline", "pipeline::run in-process, multi-thread runtime (loopback upstream, 2-byte body, sequential):"),
         ("pipeline_1thread", "the same on a current-thread runtime (client, pipeline and upstream on one thread):"),
@@ -900,7 +1026,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_hook, bench_instantiate, bench_pipeline
+    targets = bench_hook, bench_instantiate, bench_polyglot, bench_pipeline
 }
 
 fn main() {

@@ -1,6 +1,7 @@
 //! The sandbox: plugins that loop, trap or exhaust memory fail their own requests (or are
 //! skipped, when fail-open), are logged and counted, and leave every other route and the
-//! process healthy. A plugin importing a capability it was not granted does not load.
+//! process healthy. A plugin whose memory only grows is retired before it reaches its limit,
+//! so no request fails. A plugin importing a capability it was not granted does not load.
 
 use crate::support::{
     has_field, metric, position_of, unique, Cfg, Fixture, Gateway, Shared, Upstream,
@@ -54,6 +55,12 @@ upstream = "main"
 pipeline = [{ plugin = "hog-open" }]
 
 [[routes]]
+name = "leaky"
+match = { path_prefix = "/leaky" }
+upstream = "main"
+pipeline = [{ plugin = "leaky", config = { leak_kib = 1024 } }]
+
+[[routes]]
 name = "healthy"
 match = { path_prefix = "/healthy" }
 upstream = "main"
@@ -84,6 +91,9 @@ static ENV: Shared<Env> = Shared::new(|| {
             &format!("{hog}\non_error = \"fail-open\""),
         )
         .plugin("headers", Fixture::Headers, "")
+        // The default 16 MiB and 1 MiB leaked per call: without retirement about every
+        // 15th call would hit the limit and fail its request.
+        .plugin("leaky", Fixture::Leaky, "timeout_ms = 5000")
         .upstream("main", &[main.endpoint()], "")
         .toml(ROUTES);
     Env {
@@ -393,4 +403,39 @@ async fn granting_the_import_lets_the_plugin_load_and_work() {
         assert_eq!(echo.header("x-state-error"), None, "{echo:?}");
         assert_eq!(echo.header("x-ungranted"), Some(expected), "{echo:?}");
     }
+}
+
+#[tokio::test]
+async fn an_instance_whose_memory_only_grows_is_retired_before_it_fails_a_request() {
+    let env = ENV.get();
+    let gw = &env.gw;
+    // Sequential requests reuse one warm instance, so it grows by 1 MiB per request.
+    for i in 0..45 {
+        let resp = gw.get("/leaky").send().await;
+        assert_eq!(resp.status, 200, "request {i}: {resp:?}");
+    }
+    let metrics = gw.metrics().await;
+    let retired = metric(
+        &metrics,
+        "ficus_plugin_instances_retired_total",
+        &[
+            ("plugin", "leaky"),
+            ("route", "leaky"),
+            ("reason", "memory"),
+        ],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        retired >= 2.0,
+        "45 MiB leaked with a 16 MiB limit retires instances: {retired}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "ficus_plugin_errors_total",
+            &[("plugin", "leaky")]
+        ),
+        None,
+        "no call failed"
+    );
 }

@@ -43,6 +43,10 @@ pub struct MemoryLimiter {
     pub limit: usize,
     /// Set when a growth past the limit was refused.
     pub exceeded: bool,
+    /// The largest size any memory of the instance has grown to, in bytes
+    /// (wasm memories never shrink, so this is also the current size of the
+    /// largest one).
+    pub peak: usize,
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -59,6 +63,7 @@ impl ResourceLimiter for MemoryLimiter {
                 self.limit
             ));
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 
@@ -145,6 +150,7 @@ pub fn new_store(
         limiter: MemoryLimiter {
             limit: memory_limit,
             exceeded: false,
+            peak: 0,
         },
         output,
         caps,

@@ -73,8 +73,9 @@ impl PluginEngine {
         let n = options.max_instances.max(1);
         pool.total_component_instances(n)
             // A Rust wasip2 component holds a handful of core instances
-            // (module + adapter shims); Python/JS components hold more.
-            .total_core_instances(n.saturating_mul(8))
+            // (module + adapter shims); a componentize-py component holds
+            // 14, componentize-js about 10.
+            .total_core_instances(n.saturating_mul(16))
             .total_memories(n.saturating_mul(2))
             .total_tables(n.saturating_mul(8))
             .total_stacks(n)

@@ -6,7 +6,12 @@
 //! out for one hook call and returns it afterwards, so concurrent requests
 //! never share an instance. An instance whose call failed (trap, timeout,
 //! memory) is dropped — wasmtime refuses to re-enter it — and replaced on
-//! demand. In `fresh` mode a request gets its own instance for both hooks
+//! demand. An instance whose memory has grown past three quarters of its
+//! headroom (the limit minus its size after `configure`) is retired after
+//! its call instead of going back to the pool: wasm memory never shrinks, so
+//! a guest that grows slowly (a garbage-collected runtime such as
+//! JavaScript's, or a leak) would otherwise fail a request when it finally
+//! hits the limit. In `fresh` mode a request gets its own instance for both hooks
 //! and drops it at the end.
 
 use super::bindings::{AttemptInfo, Filter, FilterPre, HookSet, RequestAction, ResponseAction};
@@ -52,6 +57,14 @@ pub struct FilterSpec {
 pub struct Instance {
     store: Store<PluginCtx>,
     bindings: Filter,
+    /// Retire the instance once its memory grows past this many bytes.
+    retire_above: usize,
+}
+
+/// The memory size past which an instance that measured `baseline` bytes
+/// after `configure` is retired: three quarters of the way to `limit`.
+fn retire_threshold(baseline: usize, limit: usize) -> usize {
+    baseline + limit.saturating_sub(baseline) / 4 * 3
 }
 
 /// The warm instances of one pipeline step.
@@ -149,7 +162,18 @@ impl FilterPool {
             .call_configure(&mut store, &self.spec.config_json)
             .await;
         match result {
-            Ok(Ok(hooks)) => Ok((Instance { store, bindings }, hooks)),
+            Ok(Ok(hooks)) => {
+                let retire_above =
+                    retire_threshold(store.data().limiter.peak, self.spec.memory_limit);
+                Ok((
+                    Instance {
+                        store,
+                        bindings,
+                        retire_above,
+                    },
+                    hooks,
+                ))
+            }
             Ok(Err(msg)) => Err(PluginError::Rejected(msg)),
             Err(e) => Err(classify(&mut store, Hook::Configure, e)),
         }
@@ -170,6 +194,20 @@ impl FilterPool {
     fn checkin(&self, slot: &mut Option<Instance>, instance: Instance) {
         if self.spec.fresh {
             *slot = Some(instance);
+        } else if instance.store.data().limiter.peak > instance.retire_above {
+            tracing::debug!(
+                plugin = %self.spec.plugin,
+                route = %self.spec.route,
+                memory = instance.store.data().limiter.peak,
+                "retiring a plugin instance near its memory limit"
+            );
+            ::metrics::counter!(
+                "ficus_plugin_instances_retired_total",
+                "plugin" => self.spec.plugin.to_string(),
+                "route" => self.spec.route.to_string(),
+                "reason" => "memory"
+            )
+            .increment(1);
         } else {
             // A full pool drops the extra instance.
             let _ = self.warm.push(instance);
@@ -254,5 +292,20 @@ impl FilterPool {
                 Err(classify(&mut inst.store, Hook::OnResponse, e)),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retire_threshold;
+
+    #[test]
+    fn retire_threshold_is_three_quarters_of_the_headroom() {
+        const MIB: usize = 1 << 20;
+        assert_eq!(retire_threshold(0, 16 * MIB), 12 * MIB);
+        assert_eq!(retire_threshold(4 * MIB, 16 * MIB), 13 * MIB);
+        // A baseline at or over the limit never underflows.
+        assert_eq!(retire_threshold(16 * MIB, 16 * MIB), 16 * MIB);
+        assert_eq!(retire_threshold(20 * MIB, 16 * MIB), 20 * MIB);
     }
 }

@@ -40,6 +40,8 @@ pub(crate) enum Fixture {
     Trap,
     /// `plugins/fixtures/memory-hog`: on-request allocates without bound.
     MemoryHog,
+    /// `plugins/fixtures/leaky`: every on-request leaks `leak_kib` KiB and continues.
+    Leaky,
     /// `plugins/fixtures/ungranted`: imports `ficus:gateway/state`.
     Ungranted,
     /// `plugins/ambassador`: retries, timeouts, budget, auth headers, access log, metrics.
@@ -52,13 +54,14 @@ pub(crate) enum Fixture {
 impl Fixture {
     /// Every fixture; `config::every_built_plugin_is_a_known_fixture` checks that nothing else
     /// is built, so a new plugin cannot land without the suite knowing about it.
-    pub(crate) const ALL: [Fixture; 9] = [
+    pub(crate) const ALL: [Fixture; 10] = [
         Fixture::Headers,
         Fixture::Hello,
         Fixture::Probe,
         Fixture::Loop,
         Fixture::Trap,
         Fixture::MemoryHog,
+        Fixture::Leaky,
         Fixture::Ungranted,
         Fixture::Ambassador,
         Fixture::CircuitBreaker,
@@ -73,6 +76,7 @@ impl Fixture {
             Fixture::Loop => "loop.wasm",
             Fixture::Trap => "trap.wasm",
             Fixture::MemoryHog => "memory-hog.wasm",
+            Fixture::Leaky => "leaky.wasm",
             Fixture::Ungranted => "ungranted.wasm",
             Fixture::CircuitBreaker => "circuit-breaker.wasm",
             Fixture::Ambassador => "ambassador.wasm",
