@@ -1,0 +1,655 @@
+//! Tests of the event store semantics, run against the embedded backend.
+
+use super::embedded::EmbeddedEvents;
+use super::*;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+fn scratch() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ficus-events-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir.join("events.redb")
+}
+
+fn ev(id: &str, ty: &str, data: &str) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        event_type: ty.into(),
+        data: data.as_bytes().to_vec(),
+        metadata: Vec::new(),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn appends_read_back_in_stream_and_global_order() {
+    rt().block_on(async {
+        let store = EmbeddedEvents::open(&scratch()).unwrap();
+        let a = store
+            .append(
+                "order-1",
+                Expected::NoStream,
+                vec![ev("a1", "Placed", "{}"), ev("a2", "Paid", "{}")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            a,
+            Appended {
+                version: 2,
+                position: 2
+            }
+        );
+        let b = store
+            .append("order-2", Expected::Any, vec![ev("b1", "Placed", "{}")])
+            .await
+            .unwrap();
+        assert_eq!(
+            b,
+            Appended {
+                version: 1,
+                position: 3
+            }
+        );
+        let c = store
+            .append(
+                "order-1",
+                Expected::Exact(2),
+                vec![ev("a3", "Shipped", "{}")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            c,
+            Appended {
+                version: 3,
+                position: 4
+            }
+        );
+
+        let fwd = store
+            .read_stream("order-1", 1, 10, Direction::Forward)
+            .await
+            .unwrap();
+        let versions: Vec<u64> = fwd.iter().map(|e| e.version).collect();
+        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(fwd[2].event_type, "Shipped");
+        assert_eq!(fwd[2].position, 4);
+        let back = store
+            .read_stream("order-1", 2, 10, Direction::Backward)
+            .await
+            .unwrap();
+        let versions: Vec<u64> = back.iter().map(|e| e.version).collect();
+        assert_eq!(versions, [2, 1]);
+        let from2 = store
+            .read_stream("order-1", 2, 1, Direction::Forward)
+            .await
+            .unwrap();
+        assert_eq!(from2.len(), 1);
+        assert_eq!(from2[0].id, "a2");
+        assert!(store
+            .read_stream("nope", 1, 10, Direction::Forward)
+            .await
+            .unwrap()
+            .is_empty());
+
+        let all = store.read_all(1, 100, &Filter::default()).await.unwrap();
+        let order: Vec<(&str, u64)> = all
+            .events
+            .iter()
+            .map(|e| (e.stream.as_str(), e.version))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("order-1", 1),
+                ("order-1", 2),
+                ("order-2", 1),
+                ("order-1", 3)
+            ]
+        );
+        assert_eq!(all.next, 5);
+        let shipped = store
+            .read_all(
+                1,
+                100,
+                &Filter {
+                    stream_prefix: None,
+                    event_types: vec!["Placed".into()],
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(shipped.events.len(), 2);
+        let prefix = store
+            .read_all(
+                1,
+                100,
+                &Filter {
+                    stream_prefix: Some("order-2".into()),
+                    event_types: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(prefix.events.len(), 1);
+        assert_eq!(store.head().await.unwrap(), 4);
+        assert_eq!(store.stream_version("order-1").await.unwrap(), 3);
+        assert_eq!(store.stream_version("order-3").await.unwrap(), 0);
+    });
+}
+
+#[test]
+fn expected_versions_are_enforced_with_the_actual_version() {
+    rt().block_on(async {
+        let store = EmbeddedEvents::open(&scratch()).unwrap();
+        let wrong = |r: Result<Appended, EventsError>| match r {
+            Err(EventsError::WrongExpectedVersion { actual, .. }) => actual,
+            other => panic!("expected a wrong-expected-version error, got {other:?}"),
+        };
+        assert_eq!(
+            wrong(
+                store
+                    .append("s", Expected::Exists, vec![ev("1", "T", "")])
+                    .await
+            ),
+            0
+        );
+        assert_eq!(
+            wrong(
+                store
+                    .append("s", Expected::Exact(1), vec![ev("1", "T", "")])
+                    .await
+            ),
+            0
+        );
+        store
+            .append("s", Expected::Exact(0), vec![ev("1", "T", "")])
+            .await
+            .unwrap();
+        assert_eq!(
+            wrong(
+                store
+                    .append("s", Expected::NoStream, vec![ev("2", "T", "")])
+                    .await
+            ),
+            1
+        );
+        assert_eq!(
+            wrong(
+                store
+                    .append("s", Expected::Exact(0), vec![ev("2", "T", "")])
+                    .await
+            ),
+            1
+        );
+        assert_eq!(
+            wrong(
+                store
+                    .append("s", Expected::Exact(5), vec![ev("2", "T", "")])
+                    .await
+            ),
+            1
+        );
+        store
+            .append("s", Expected::Exists, vec![ev("2", "T", "")])
+            .await
+            .unwrap();
+        // Failed appends stored nothing.
+        assert_eq!(store.head().await.unwrap(), 2);
+        let err = store
+            .append("s", Expected::Exact(1), vec![ev("3", "T", "")])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "wrong expected version: expected version 1, the stream is at version 2"
+        );
+    });
+}
+
+#[test]
+fn retried_appends_with_the_same_ids_do_not_duplicate() {
+    rt().block_on(async {
+        let store = EmbeddedEvents::open(&scratch()).unwrap();
+        store
+            .append("s", Expected::NoStream, vec![ev("x0", "T", "0")])
+            .await
+            .unwrap();
+        let batch = || vec![ev("x1", "T", "1"), ev("x2", "T", "2")];
+        let first = store
+            .append("s", Expected::Exact(1), batch())
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            Appended {
+                version: 3,
+                position: 3
+            }
+        );
+        // The same append again (a client retry after a lost reply).
+        for _ in 0..3 {
+            assert_eq!(
+                store
+                    .append("s", Expected::Exact(1), batch())
+                    .await
+                    .unwrap(),
+                first
+            );
+            assert_eq!(
+                store.append("s", Expected::Any, batch()).await.unwrap(),
+                first
+            );
+        }
+        assert_eq!(store.head().await.unwrap(), 3, "nothing duplicated");
+        // The same ids with another expectation is an error.
+        match store.append("s", Expected::NoStream, batch()).await {
+            Err(EventsError::WrongExpectedVersion { actual: 3, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Part of the ids, or the ids with other content, is an error too.
+        for bad in [
+            vec![ev("x1", "T", "1")],
+            vec![ev("x2", "T", "2"), ev("x3", "T", "3")],
+            vec![ev("x1", "T", "changed"), ev("x2", "T", "2")],
+            vec![ev("x3", "T", "3"), ev("x1", "T", "1")],
+        ] {
+            match store.append("s", Expected::Any, bad.clone()).await {
+                Err(EventsError::Invalid(msg)) => assert!(msg.contains("retried append"), "{msg}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        // The same ids in another stream is an error.
+        assert!(matches!(
+            store.append("other", Expected::Any, batch()).await,
+            Err(EventsError::Invalid(_))
+        ));
+        assert_eq!(store.head().await.unwrap(), 3);
+    });
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    rt().block_on(async {
+        let store = EmbeddedEvents::open(&scratch()).unwrap();
+        let invalid = |r: Result<Appended, EventsError>| match r {
+            Err(EventsError::Invalid(m)) => m,
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        assert!(invalid(
+            store
+                .append("", Expected::Any, vec![ev("1", "T", "")])
+                .await
+        )
+        .contains("1 to 256"));
+        assert!(invalid(
+            store
+                .append("$all", Expected::Any, vec![ev("1", "T", "")])
+                .await
+        )
+        .contains("reserved"));
+        assert!(invalid(
+            store
+                .append("a b", Expected::Any, vec![ev("1", "T", "")])
+                .await
+        )
+        .contains("whitespace"));
+        assert!(invalid(store.append("s", Expected::Any, vec![]).await).contains("at least one"));
+        assert!(invalid(
+            store
+                .append("s", Expected::Any, vec![ev("", "T", "")])
+                .await
+        )
+        .contains("events[0].id"));
+        assert!(invalid(
+            store
+                .append("s", Expected::Any, vec![ev("1", "", "")])
+                .await
+        )
+        .contains("events[0].type"));
+        assert!(invalid(
+            store
+                .append("s", Expected::Any, vec![ev("1", "T", ""), ev("1", "T", "")])
+                .await
+        )
+        .contains("appears twice"));
+        let big = NewEvent {
+            data: vec![0; MAX_EVENT_BYTES + 1],
+            ..ev("1", "T", "")
+        };
+        assert!(matches!(
+            store.append("s", Expected::Any, vec![big]).await,
+            Err(EventsError::TooLarge(m)) if m.contains("events[0]")
+        ));
+        let many: Vec<NewEvent> = (0..5)
+            .map(|i| NewEvent {
+                data: vec![0; MAX_EVENT_BYTES - 10],
+                ..ev(&i.to_string(), "T", "")
+            })
+            .collect();
+        assert!(matches!(
+            store.append("s", Expected::Any, many).await,
+            Err(EventsError::TooLarge(_))
+        ));
+        assert!(store
+            .read_stream("", 1, 1, Direction::Forward)
+            .await
+            .is_err());
+        assert_eq!(store.head().await.unwrap(), 0);
+    });
+}
+
+#[test]
+fn a_deleted_stream_takes_no_more_appends() {
+    rt().block_on(async {
+        let store = EmbeddedEvents::open(&scratch()).unwrap();
+        store
+            .append("s", Expected::Any, vec![ev("1", "T", "")])
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.delete_stream("s", Expected::Exact(7)).await,
+            Err(EventsError::WrongExpectedVersion { actual: 1, .. })
+        ));
+        store.delete_stream("s", Expected::Exact(1)).await.unwrap();
+        assert_eq!(
+            store
+                .append("s", Expected::Any, vec![ev("2", "T", "")])
+                .await,
+            Err(EventsError::StreamDeleted("s".into()))
+        );
+        // Its events stay in $all.
+        assert_eq!(
+            store
+                .read_all(1, 10, &Filter::default())
+                .await
+                .unwrap()
+                .events
+                .len(),
+            1
+        );
+    });
+}
+
+#[test]
+fn events_survive_a_reopen() {
+    let path = scratch();
+    rt().block_on(async {
+        let store = EmbeddedEvents::open(&path).unwrap();
+        store
+            .append(
+                "s",
+                Expected::NoStream,
+                vec![ev("1", "T", "one"), ev("2", "T", "two")],
+            )
+            .await
+            .unwrap();
+    });
+    rt().block_on(async {
+        let store = EmbeddedEvents::open(&path).unwrap();
+        assert_eq!(store.head().await.unwrap(), 2);
+        assert_eq!(store.stream_version("s").await.unwrap(), 2);
+        // Idempotency survives too.
+        assert_eq!(
+            store
+                .append(
+                    "s",
+                    Expected::NoStream,
+                    vec![ev("1", "T", "one"), ev("2", "T", "two")]
+                )
+                .await
+                .unwrap(),
+            Appended {
+                version: 2,
+                position: 2
+            }
+        );
+        let next = store
+            .append("s", Expected::Exact(2), vec![ev("3", "T", "three")])
+            .await
+            .unwrap();
+        assert_eq!(
+            next,
+            Appended {
+                version: 3,
+                position: 3
+            }
+        );
+    });
+}
+
+#[test]
+fn a_second_open_of_the_same_file_says_who_holds_it() {
+    let path = scratch();
+    let _first = EmbeddedEvents::open(&path).unwrap();
+    let Err(err) = EmbeddedEvents::open(&path) else {
+        panic!("a second open must fail");
+    };
+    let msg = err.to_string();
+    assert!(
+        msg.contains("in use by another process") && msg.contains("events.redb"),
+        "{msg}"
+    );
+}
+
+/// N concurrent appenders with the same expected version: exactly one wins,
+/// the others learn the actual version. Repeated over many rounds; the
+/// appends of a round land in the same group commit as often as not.
+#[test]
+fn concurrent_appenders_with_the_same_expectation_have_exactly_one_winner() {
+    const WRITERS: usize = 8;
+    const ROUNDS: u64 = 40;
+    let runtime = rt();
+    runtime.block_on(async {
+        let store = Arc::new(EmbeddedEvents::open(&scratch()).unwrap());
+        let mut acknowledged = 0;
+        let mut checked = 0;
+        for round in 0..ROUNDS {
+            let tasks: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        store
+                            .append(
+                                "contended",
+                                Expected::Exact(round),
+                                vec![ev(&format!("r{round}-w{w}"), "T", "")],
+                            )
+                            .await
+                    })
+                })
+                .collect();
+            let mut winners = 0;
+            for t in tasks {
+                match t.await.unwrap() {
+                    Ok(a) => {
+                        winners += 1;
+                        acknowledged += 1;
+                        assert_eq!(a.version, round + 1);
+                    }
+                    Err(EventsError::WrongExpectedVersion { actual, .. }) => {
+                        assert_eq!(actual, round + 1, "the loser sees the winner's version");
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+                checked += 1;
+            }
+            assert_eq!(winners, 1, "round {round}");
+        }
+        assert_eq!(store.stream_version("contended").await.unwrap(), ROUNDS);
+        let stats = store.stats();
+        println!(
+            "{acknowledged} appends acknowledged, {checked} checked, {} commits for {} appends",
+            stats.commits.load(Ordering::Relaxed),
+            stats.appends.load(Ordering::Relaxed)
+        );
+    });
+}
+
+#[test]
+fn a_subscription_catches_up_then_follows_live_appends_through_its_filter() {
+    rt().block_on(async {
+        let store = Arc::new(EmbeddedEvents::open(&scratch()).unwrap());
+        for i in 0..5 {
+            store
+                .append(
+                    &format!("order-{i}"),
+                    Expected::Any,
+                    vec![ev(&format!("o{i}"), "Placed", "")],
+                )
+                .await
+                .unwrap();
+            store
+                .append(
+                    &format!("user-{i}"),
+                    Expected::Any,
+                    vec![ev(&format!("u{i}"), "Joined", "")],
+                )
+                .await
+                .unwrap();
+        }
+        let filter = Filter {
+            stream_prefix: Some("order-".into()),
+            event_types: vec![],
+        };
+        let mut sub = Subscription::new(store.clone(), 3, filter);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(sub.next().await.unwrap().stream);
+        }
+        assert_eq!(seen, ["order-1", "order-2", "order-3", "order-4"]);
+        // Live: a task appends later.
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                store
+                    .append("user-9", Expected::Any, vec![ev("u9", "Joined", "")])
+                    .await
+                    .unwrap();
+                store
+                    .append("order-9", Expected::Any, vec![ev("o9", "Placed", "")])
+                    .await
+                    .unwrap();
+            })
+        };
+        let live = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("live event")
+            .unwrap();
+        assert_eq!((live.stream.as_str(), live.position), ("order-9", 12));
+        writer.await.unwrap();
+        assert_eq!(sub.cursor(), 13);
+    });
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append {
+        stream: usize,
+        expected: Expected,
+        events: usize,
+    },
+    Retry {
+        of: usize,
+    },
+}
+
+/// An attempted append: stream, expectation, events, outcome.
+type Attempt = (
+    usize,
+    Expected,
+    Vec<NewEvent>,
+    Result<Appended, EventsError>,
+);
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    let expected = prop_oneof![
+        Just(Expected::Any),
+        Just(Expected::NoStream),
+        Just(Expected::Exists),
+        (0u64..4).prop_map(Expected::Exact),
+    ];
+    prop_oneof![
+        4 => (0usize..3, expected, 1usize..4).prop_map(|(stream, expected, events)| Op::Append { stream, expected, events }),
+        1 => (0usize..64).prop_map(|of| Op::Retry { of }),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    /// Random sequences of appends and retries agree with a model of the
+    /// rules (versions, expectations, idempotency), and `$all` holds every
+    /// successful event exactly once in order.
+    #[test]
+    fn appends_agree_with_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+        rt().block_on(async {
+            let store = EmbeddedEvents::open(&scratch()).unwrap();
+            let mut versions: HashMap<usize, u64> = HashMap::new();
+            let mut head = 0u64;
+            // Every attempted append: (stream, expected, events, outcome).
+            let mut history: Vec<Attempt> = Vec::new();
+            let mut next_id = 0;
+            for op in ops {
+                match op {
+                    Op::Append { stream, expected, events } => {
+                        let events: Vec<NewEvent> = (0..events).map(|_| { next_id += 1; ev(&format!("e{next_id}"), "T", &next_id.to_string()) }).collect();
+                        let version = versions.get(&stream).copied().unwrap_or(0);
+                        let got = store.append(&format!("s{stream}"), expected, events.clone()).await;
+                        if expected.allows(version) {
+                            let n = events.len() as u64;
+                            head += n;
+                            versions.insert(stream, version + n);
+                            assert_eq!(got.clone().unwrap(), Appended { version: version + n, position: head });
+                        } else {
+                            assert_eq!(got.clone().unwrap_err(), EventsError::WrongExpectedVersion { expected: expected.describe(), actual: version });
+                        }
+                        history.push((stream, expected, events, got));
+                    }
+                    Op::Retry { of } => {
+                        let Some((stream, expected, events, first)) = history.get(of % history.len().max(1)).cloned() else { continue };
+                        let got = store.append(&format!("s{stream}"), expected, events).await;
+                        match first {
+                            // A retry of a successful append returns the same result.
+                            Ok(a) => assert_eq!(got.unwrap(), a),
+                            // A retry of a refused one is judged afresh.
+                            Err(_) => {
+                                let version = versions.get(&stream).copied().unwrap_or(0);
+                                if let Ok(a) = got {
+                                    assert!(expected.allows(version));
+                                    head = a.position;
+                                    versions.insert(stream, a.version);
+                                    let idx = of % history.len();
+                                    history[idx].3 = Ok(a);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let all = store.read_all(1, 10_000, &Filter::default()).await.unwrap();
+            assert_eq!(all.events.len() as u64, head);
+            for (i, e) in all.events.iter().enumerate() {
+                assert_eq!(e.position, i as u64 + 1);
+            }
+        });
+    }
+}
