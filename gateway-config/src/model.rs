@@ -470,6 +470,10 @@ pub enum Grant {
     Metrics,
     /// Key-value state shared across instances (kept by the backend).
     State,
+    /// Publishing messages to subjects.
+    Pubsub,
+    /// Observing leader elections.
+    Leader,
     /// Wall and monotonic clocks.
     Clock,
 }
@@ -481,6 +485,8 @@ impl Grant {
             Grant::Log => "log",
             Grant::Metrics => "metrics",
             Grant::State => "state",
+            Grant::Pubsub => "pubsub",
+            Grant::Leader => "leader",
             Grant::Clock => "clock",
         }
     }

@@ -19,7 +19,6 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, Criterion};
-use ficus::capability::state::embedded::EmbeddedState;
 use ficus::pipeline::exchange::RequestState;
 use ficus::pipeline::{self, Clusters, Destination, Route, RouteMetrics, Step};
 use ficus::plugin::bindings::RequestAction;
@@ -137,11 +136,11 @@ fn env() -> &'static Env {
             max_instances: 1000,
         })
         .expect("plugin engine");
-        let caps = Arc::new(Capabilities {
-            plugin: "bench".into(),
-            route: "bench".into(),
-            state: Arc::new(EmbeddedState::default()),
-        });
+        let caps = Arc::new(Capabilities::new(
+            "bench",
+            "bench",
+            &ficus::app::services_in_process(),
+        ));
         Env { rt, engine, caps }
     })
 }

@@ -4,7 +4,7 @@
 use crate::admin::{self, Admin};
 use crate::capability::metrics;
 use crate::capability::state::embedded::EmbeddedState;
-use crate::capability::state::StateBackend;
+use crate::capability::{leader, pubsub, Services};
 use crate::gateway::Gateway;
 use crate::plugin::engine::{EngineOptions, PluginEngine};
 use crate::reload::{Reloader, Trigger};
@@ -25,8 +25,42 @@ fn engine_for(config: &Config) -> anyhow::Result<PluginEngine> {
     PluginEngine::new(&options).map_err(|e| anyhow!("{e}"))
 }
 
-fn state_for(_config: &Config) -> Arc<dyn StateBackend> {
-    Arc::new(EmbeddedState::default())
+/// SKELETON (issue 6, not to be committed as is): services without
+/// subscriptions or elections. The pub/sub work replaces `Unwired` as a
+/// publisher with the embedded broker, the leader work replaces it as a
+/// leader view with the elector; `services_for` then builds them from config.
+struct Unwired;
+
+#[async_trait::async_trait]
+impl pubsub::Publisher for Unwired {
+    async fn publish(
+        &self,
+        _subject: &str,
+        _payload: Vec<u8>,
+        _headers: Vec<pubsub::Header>,
+    ) -> Result<(), pubsub::PubSubError> {
+        Ok(())
+    }
+}
+
+impl leader::LeaderView for Unwired {
+    fn status(&self, _group: &str) -> Option<leader::Leadership> {
+        None
+    }
+}
+
+/// Services for a process without subscriptions or elections (benchmarks,
+/// tools).
+pub fn services_in_process() -> Services {
+    Services {
+        state: Arc::new(EmbeddedState::default()),
+        pubsub: Arc::new(Unwired),
+        leader: Arc::new(Unwired),
+    }
+}
+
+fn services_for(_config: &Config) -> Services {
+    services_in_process()
 }
 
 /// Resolves when the process gets SIGINT or SIGTERM.
@@ -68,15 +102,15 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         }
     });
     let engine = Arc::new(engine_for(&config)?);
-    let state = state_for(&config);
-    let (gateway, _) = Gateway::build(&config, &engine, state.clone(), None)
+    let services = services_for(&config);
+    let (gateway, _) = Gateway::build(&config, &engine, &services, None)
         .await
         .map_err(|e| anyhow!("the configuration cannot be served:\n{e}"))?;
     let reloader = Arc::new(Reloader::new(
         &config,
         config_path,
         engine.clone(),
-        state,
+        services,
         gateway,
     ));
     ::metrics::gauge!("ficus_generation").set(1.0);
@@ -182,7 +216,7 @@ pub async fn check(path: &Path) -> Result<String, ConfigErrors> {
     let config = ficus_config::load(path)?;
     let engine =
         engine_for(&config).map_err(|e| ConfigErrors(vec![config.error_at("", e.to_string())]))?;
-    let (gateway, _) = Gateway::build(&config, &engine, state_for(&config), None).await?;
+    let (gateway, _) = Gateway::build(&config, &engine, &services_for(&config), None).await?;
     let routes = gateway.summary();
     let mut out = format!(
         "{}: ok ({} plugins, {} upstreams, {} routes)\n",

@@ -11,7 +11,7 @@
 //! and clusters are carried over with their warm instances and connection
 //! pools (see [`Gateway::build`]).
 
-use crate::capability::state::StateBackend;
+use crate::capability::Services;
 use crate::gateway::{BuildStats, Gateway};
 use crate::plugin::engine::PluginEngine;
 use arc_swap::ArcSwap;
@@ -128,7 +128,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 pub struct Reloader {
     config_path: PathBuf,
     engine: Arc<PluginEngine>,
-    state: Arc<dyn StateBackend>,
+    services: Services,
     gateway: Arc<ArcSwap<Gateway>>,
     fixed: Fixed,
     status: Mutex<ReloadStatus>,
@@ -169,13 +169,13 @@ impl Reloader {
         config: &Config,
         config_path: &Path,
         engine: Arc<PluginEngine>,
-        state: Arc<dyn StateBackend>,
+        services: Services,
         gateway: Gateway,
     ) -> Reloader {
         let reloader = Reloader {
             config_path: config_path.to_path_buf(),
             engine,
-            state,
+            services,
             gateway: Arc::new(ArcSwap::from_pointee(gateway)),
             fixed: Fixed::of(config),
             status: Mutex::new(ReloadStatus {
@@ -302,7 +302,7 @@ impl Reloader {
         }
         let current = self.gateway.load_full();
         let (gateway, stats) =
-            Gateway::build(&config, &self.engine, self.state.clone(), Some(&current))
+            Gateway::build(&config, &self.engine, &self.services, Some(&current))
                 .await
                 .map_err(|e| e.to_string())?;
         self.gateway.store(Arc::new(gateway));

@@ -11,6 +11,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     imports: {
         "ficus:gateway/state": async | trappable,
+        "ficus:gateway/pubsub": async | trappable,
         default: trappable,
     },
     exports: { default: async },

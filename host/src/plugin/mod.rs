@@ -20,6 +20,10 @@ pub struct Grants {
     pub metrics: bool,
     /// `ficus:gateway/state`.
     pub state: bool,
+    /// `ficus:gateway/pubsub`.
+    pub pubsub: bool,
+    /// `ficus:gateway/leader`.
+    pub leader: bool,
     /// Real wall and monotonic clocks (otherwise frozen at zero).
     pub clock: bool,
 }
@@ -30,6 +34,8 @@ impl fmt::Display for Grants {
             (self.log, "log"),
             (self.metrics, "metrics"),
             (self.state, "state"),
+            (self.pubsub, "pubsub"),
+            (self.leader, "leader"),
             (self.clock, "clock"),
         ]
         .iter()
