@@ -651,6 +651,7 @@ fn pipeline_group(c: &mut Criterion, rt: &Runtime, group: &str) {
         metrics: true,
         state: true,
         clock: false,
+        ..Grants::default()
     };
     let routes = [
         ("upstream_0_plugins", route("zero", vec![], &cluster), 200),

@@ -144,9 +144,7 @@ impl Gateway {
                     .map(|(_, r)| r)
                     .find(|r| r.name == route_name)
             });
-            let caps = |plugin: &str| {
-                Arc::new(Capabilities::new(plugin, &route_name, services))
-            };
+            let caps = |plugin: &str| Arc::new(Capabilities::new(plugin, &route_name, services));
             let mut steps = Vec::new();
             for (si, step) in rc.pipeline.iter().enumerate() {
                 let key = format!("routes[{ri}].pipeline[{si}]");

@@ -104,6 +104,24 @@ impl Fixed {
                 "backend.data_dir",
                 c.resolve(&c.backend.data_dir).display().to_string(),
             ),
+            (
+                "pubsub.max_message_bytes",
+                c.pubsub.max_message_bytes.to_string(),
+            ),
+            // Subscriptions own durable queues and running workers: changing
+            // them (or adding/removing one) needs a restart.
+            (
+                "subscriptions",
+                serde_json::to_string(&c.subscriptions).unwrap_or_default(),
+            ),
+            // The elector and the tick schedulers start with the process:
+            // election settings, ticks and the plugins ticks run (settings
+            // and file contents) need a restart.
+            (
+                "leader",
+                serde_json::to_string(&c.leader).unwrap_or_default(),
+            ),
+            ("ticks", ticks_fingerprint(c)),
         ])
     }
 
@@ -116,6 +134,25 @@ impl Fixed {
             .map(|(a, b)| format!("{} changed from {} to {}", a.0, a.1, b.1))
             .collect()
     }
+}
+
+/// The ticks and, for each plugin a tick runs, its settings and a hash of
+/// its file, as text to compare.
+fn ticks_fingerprint(c: &Config) -> String {
+    use sha2::{Digest, Sha256};
+    let plugins: std::collections::BTreeMap<&str, (String, String)> = c
+        .ticks
+        .iter()
+        .filter_map(|t| c.plugins.get_key_value(t.plugin.as_str()))
+        .map(|(name, p)| {
+            let file = std::fs::read(c.resolve(&p.source))
+                .map(|bytes| hex::encode(Sha256::digest(bytes)))
+                .unwrap_or_else(|e| format!("unreadable: {e}"));
+            let settings = serde_json::to_string(p).unwrap_or_default();
+            (name.as_str(), (settings, file))
+        })
+        .collect();
+    serde_json::json!({ "ticks": c.ticks, "plugins": plugins }).to_string()
 }
 
 fn unix_ms(t: SystemTime) -> u64 {

@@ -8,6 +8,8 @@ pub mod filter;
 pub mod handler;
 pub mod linker;
 pub mod sandbox;
+pub mod subscriber;
+pub mod tick;
 
 use std::fmt;
 
@@ -61,6 +63,10 @@ pub enum Hook {
     OnResponse,
     /// A `wasi:http` handler's `handle`.
     Handle,
+    /// A subscriber's `on-message`.
+    OnMessage,
+    /// A tick's `on-tick`.
+    OnTick,
 }
 
 impl Hook {
@@ -71,6 +77,8 @@ impl Hook {
             Hook::OnRequest => "on-request",
             Hook::OnResponse => "on-response",
             Hook::Handle => "handle",
+            Hook::OnMessage => "on-message",
+            Hook::OnTick => "on-tick",
         }
     }
 }
