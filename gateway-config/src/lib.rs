@@ -29,14 +29,18 @@
 use std::path::Path;
 
 mod error;
+mod leader;
 pub mod locate;
 mod model;
+pub mod subject;
+mod subscriptions;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use leader::{Every, Leader, Tick};
 pub use model::{
-    Backend, BackendKind, Canary, Config, Grant, InstanceMode, LbPolicy, Match, OnError, PathRule,
-    PipelineStep, Plugin, Route, Server, Upstream,
+    Backend, BackendKind, Canary, Config, Delivery, Grant, InstanceMode, LbPolicy, Match, OnError,
+    PathRule, PipelineStep, Plugin, PubSub, Route, Server, Subscription, Upstream,
 };
 
 use locate::{line_col, Locator};

@@ -91,6 +91,21 @@ pub(crate) mod defaults {
     pub(crate) fn step_config() -> serde_json::Value {
         serde_json::Value::Object(serde_json::Map::new())
     }
+    pub(crate) const fn max_message_bytes() -> u64 {
+        1024 * 1024
+    }
+    pub(crate) const fn max_deliver() -> u32 {
+        5
+    }
+    pub(crate) const fn backoff_ms() -> u64 {
+        100
+    }
+    pub(crate) const fn backoff_max_ms() -> u64 {
+        10_000
+    }
+    pub(crate) const fn max_in_flight() -> u32 {
+        256
+    }
 }
 
 /// Where a configuration came from: the file path and its full text, kept so that errors found
@@ -135,6 +150,20 @@ pub struct Config {
     /// (every request gets 404).
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Pub/sub limits. Default: every `[pubsub]` field at its default.
+    #[serde(default)]
+    pub pubsub: PubSub,
+    /// Subscriptions: which subscriber plugin receives the messages published to which
+    /// subjects. Default: none.
+    #[serde(default)]
+    pub subscriptions: Vec<Subscription>,
+    /// Leader election: this node's id, lease timing and the groups it campaigns for.
+    /// Default: every `[leader]` field at its default.
+    #[serde(default)]
+    pub leader: crate::leader::Leader,
+    /// Scheduled work run by `tick` plugins on the leader of a group. Default: none.
+    #[serde(default)]
+    pub ticks: Vec<crate::leader::Tick>,
     #[serde(skip)]
     #[schemars(skip)]
     origin: Origin,
@@ -147,6 +176,10 @@ impl PartialEq for Config {
             && self.plugins == other.plugins
             && self.upstreams == other.upstreams
             && self.routes == other.routes
+            && self.leader == other.leader
+            && self.ticks == other.ticks
+            && self.pubsub == other.pubsub
+            && self.subscriptions == other.subscriptions
     }
 }
 
@@ -470,6 +503,10 @@ pub enum Grant {
     Metrics,
     /// Key-value state shared across instances (kept by the backend).
     State,
+    /// Publishing messages to subjects.
+    Pubsub,
+    /// Observing leader elections.
+    Leader,
     /// Wall and monotonic clocks.
     Clock,
 }
@@ -481,6 +518,8 @@ impl Grant {
             Grant::Log => "log",
             Grant::Metrics => "metrics",
             Grant::State => "state",
+            Grant::Pubsub => "pubsub",
+            Grant::Leader => "leader",
             Grant::Clock => "clock",
         }
     }
@@ -811,4 +850,132 @@ fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr,
             "invalid listen address {text:?} (expected ip:port, e.g. \"127.0.0.1:8080\")"
         ))
     })
+}
+
+/// `[pubsub]`: limits of the publish/subscribe capability.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PubSub {
+    /// Largest message accepted by `publish`: payload plus header names and values, in bytes
+    /// (1..=67108864); a larger one fails with `too-large`. Default: `1048576` (1 MiB).
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: u64,
+}
+
+impl Default for PubSub {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: defaults::max_message_bytes(),
+        }
+    }
+}
+
+/// How a subscription's messages are delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Durable: stored under `backend.data_dir` before `publish` returns, delivered until
+    /// `on-message` returns ok (retried with backoff up to `max_deliver` times, then sent to
+    /// the dead-letter subject); survives restarts. The default.
+    #[default]
+    AtLeastOnce,
+    /// In-process fan-out, nothing stored: a message is dropped (and counted) when the
+    /// subscription already buffers `max_in_flight` messages, or when `on-message` fails.
+    AtMostOnce,
+}
+
+impl Delivery {
+    /// The mode's name as written in TOML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at-least-once",
+            Delivery::AtMostOnce => "at-most-once",
+        }
+    }
+}
+
+/// `[[subscriptions]]`: a subscriber plugin receiving the messages of a subject pattern.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// Unique name (`[a-z0-9][a-z0-9_-]*`): labels metrics, names the durable queue. Required.
+    pub name: String,
+    /// Subject pattern: dot-separated tokens of `[A-Za-z0-9_-]`, where `*` matches one token
+    /// and a final `>` one or more tokens (`orders.*`, `orders.>`). Required.
+    pub subject: String,
+    /// Name of the `[plugins]` entry that receives the messages (it must export
+    /// `ficus:gateway/subscriber-hooks`). Required.
+    pub plugin: String,
+    /// Queue group: subscriptions with the same `queue` compete for messages, and each message
+    /// goes to exactly one of them. Members must have the same `subject`, `delivery` and
+    /// retry settings. Default: none (every subscription gets every matching message).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// `"at-least-once"` (durable) or `"at-most-once"`. Default: `"at-least-once"`.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// At-least-once: deliveries of a message before it goes to the dead-letter subject
+    /// (1..=1000). Default: `5`.
+    #[serde(default = "defaults::max_deliver")]
+    pub max_deliver: u32,
+    /// At-least-once: delay before the first redelivery, in milliseconds; it doubles on every
+    /// further failure up to `backoff_max_ms`. Default: `100`.
+    #[serde(default = "defaults::backoff_ms")]
+    pub backoff_ms: u64,
+    /// At-least-once: largest redelivery delay, in milliseconds. Default: `10000`.
+    #[serde(default = "defaults::backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Messages the subscription holds in memory at once (1..=65536): the delivery window of
+    /// an at-least-once subscription (the rest waits on disk), the buffer of an at-most-once
+    /// one (a message published while it is full is dropped and counted). Default: `256`.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: u32,
+    /// At-least-once: subject a message is published to after `max_deliver` failed
+    /// deliveries (with headers `ficus-dead-letter-subscription`, `-subject` and `-reason`).
+    /// Default: `"dead.<name>"`.
+    #[serde(default)]
+    pub dead_letter: Option<String>,
+    /// Configuration handed to the plugin's `configure` (as JSON); any table. Default: `{}`.
+    #[serde(default = "defaults::step_config")]
+    #[schemars(extend("type" = "object"))]
+    pub config: serde_json::Value,
+}
+
+impl Subscription {
+    /// A subscription of `plugin` to `subject` with every other field at its default.
+    pub fn new(
+        name: impl Into<String>,
+        subject: impl Into<String>,
+        plugin: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            subject: subject.into(),
+            plugin: plugin.into(),
+            queue: None,
+            delivery: Delivery::default(),
+            max_deliver: defaults::max_deliver(),
+            backoff_ms: defaults::backoff_ms(),
+            backoff_max_ms: defaults::backoff_max_ms(),
+            max_in_flight: defaults::max_in_flight(),
+            dead_letter: None,
+            config: defaults::step_config(),
+        }
+    }
+
+    /// The dead-letter subject: `dead_letter`, or `dead.<name>`.
+    pub fn dead_letter_subject(&self) -> String {
+        self.dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("dead.{}", self.name))
+    }
+
+    /// JSON text of the plugin configuration; `{}` when it is absent (null).
+    pub fn config_json(&self) -> String {
+        if self.config.is_null() {
+            "{}".to_owned()
+        } else {
+            self.config.to_string()
+        }
+    }
 }

@@ -45,17 +45,23 @@ struct Problem {
 
 /// Collects problems as the checks find them.
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(crate) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             path: path.into(),
             message: message.into(),
         });
     }
 
-    fn range<T: PartialOrd + Display>(&mut self, path: String, value: T, min: T, max: T) {
+    pub(crate) fn range<T: PartialOrd + Display>(
+        &mut self,
+        path: String,
+        value: T,
+        min: T,
+        max: T,
+    ) {
         if value < min || value > max {
             self.push(
                 path,
@@ -85,6 +91,8 @@ fn problems(config: &Config) -> Vec<Problem> {
         check_upstream(name, upstream, &mut out);
     }
     check_routes(config, &mut out);
+    crate::leader::check(config, &mut out);
+    crate::subscriptions::check(config, &mut out);
     out.0
 }
 
@@ -130,7 +138,7 @@ fn check_server(server: &Server, out: &mut Problems) {
 }
 
 /// Whether `name` matches [`NAME_PATTERN`].
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     let first_ok = bytes
         .next()
@@ -139,7 +147,7 @@ fn valid_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn check_name(kind: &str, name: &str, path: &str, out: &mut Problems) {
+pub(crate) fn check_name(kind: &str, name: &str, path: &str, out: &mut Problems) {
     if !valid_name(name) {
         out.push(
             path,
@@ -319,7 +327,7 @@ fn is_token(s: &str) -> bool {
 }
 
 /// `"a, b"` or `"none"`.
-fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+pub(crate) fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let list: Vec<&str> = names.map(String::as_str).collect();
     if list.is_empty() {
         "none".to_owned()
@@ -378,7 +386,7 @@ fn check_routes(config: &Config, out: &mut Problems) {
     check_reachability(config, &match_ok, out);
 }
 
-fn json_kind(value: &serde_json::Value) -> &'static str {
+pub(crate) fn json_kind(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "nothing",
         serde_json::Value::Bool(_) => "a boolean",

@@ -20,7 +20,6 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, Criterion};
-use ficus::capability::state::embedded::EmbeddedState;
 use ficus::pipeline::exchange::RequestState;
 use ficus::pipeline::{self, Clusters, Destination, Route, RouteMetrics, Step};
 use ficus::plugin::bindings::RequestAction;
@@ -138,11 +137,11 @@ fn env() -> &'static Env {
             max_instances: 1000,
         })
         .expect("plugin engine");
-        let caps = Arc::new(Capabilities {
-            plugin: "bench".into(),
-            route: "bench".into(),
-            state: Arc::new(EmbeddedState::default()),
-        });
+        let caps = Arc::new(Capabilities::new(
+            "bench",
+            "bench",
+            &ficus::app::services_in_process(),
+        ));
         Env { rt, engine, caps }
     })
 }
@@ -761,6 +760,7 @@ fn pipeline_group(c: &mut Criterion, rt: &Runtime, group: &str) {
         metrics: true,
         state: true,
         clock: false,
+        ..Grants::default()
     };
     let routes = [
         ("upstream_0_plugins", route("zero", vec![], &cluster), 200),

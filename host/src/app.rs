@@ -2,11 +2,14 @@
 //! everything a run would, report every error, serve nothing).
 
 use crate::admin::{self, Admin};
+use crate::capability::leader::file::FileLeases;
+use crate::capability::leader::{Elector, ElectorOptions};
 use crate::capability::metrics;
 use crate::capability::state::embedded::EmbeddedState;
-use crate::capability::state::StateBackend;
+use crate::capability::{leader, pubsub, Services};
 use crate::gateway::Gateway;
 use crate::plugin::engine::{EngineOptions, PluginEngine};
+use crate::plugin::tick::{build_ticks, Scheduler};
 use crate::reload::{Reloader, Trigger};
 use crate::server::{self, ServerOptions};
 use anyhow::{anyhow, Context};
@@ -25,8 +28,41 @@ fn engine_for(config: &Config) -> anyhow::Result<PluginEngine> {
     PluginEngine::new(&options).map_err(|e| anyhow!("{e}"))
 }
 
-fn state_for(_config: &Config) -> Arc<dyn StateBackend> {
-    Arc::new(EmbeddedState::default())
+/// Services for a process without subscriptions or elections (benchmarks,
+/// tools).
+pub fn services_in_process() -> Services {
+    Services {
+        state: Arc::new(EmbeddedState::default()),
+        pubsub: Arc::new(pubsub::broker::Broker::detached(
+            ficus_config::PubSub::default().max_message_bytes as usize,
+        )),
+        leader: Arc::new(leader::NoElections),
+    }
+}
+
+/// The elector of this node's election groups (`[leader]` and the groups of
+/// `[[ticks]]`) on the embedded backend, with leases under
+/// `<backend.data_dir>/leader/`. Nothing runs (and nothing is written) until
+/// it is started.
+pub fn elector_for(config: &Config) -> Arc<Elector> {
+    let options = ElectorOptions::from_config(config);
+    let dir = config.resolve(&config.backend.data_dir).join("leader");
+    // A lock is held for microseconds; waiting longer than a retry period
+    // means its holder is stopped: give up for this round.
+    let lock_timeout = options.retry_period.min(Duration::from_millis(500));
+    Arc::new(Elector::new(
+        options,
+        Arc::new(FileLeases::new(&dir, lock_timeout)),
+    ))
+}
+
+fn services_for(config: &Config) -> Services {
+    Services {
+        // Not started: `check` builds plugins against it, `run` replaces it
+        // with the elector it starts.
+        leader: elector_for(config),
+        ..services_in_process()
+    }
 }
 
 /// Resolves when the process gets SIGINT or SIGTERM.
@@ -68,15 +104,28 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         }
     });
     let engine = Arc::new(engine_for(&config)?);
-    let state = state_for(&config);
-    let (gateway, _) = Gateway::build(&config, &engine, state.clone(), None)
+    let elector = elector_for(&config);
+    let broker = Arc::new(pubsub::broker::Broker::open(&config)?);
+    let services = Services {
+        leader: elector.clone(),
+        pubsub: broker.clone(),
+        ..services_for(&config)
+    };
+    let (gateway, _) = Gateway::build(&config, &engine, &services, None)
         .await
         .map_err(|e| anyhow!("the configuration cannot be served:\n{e}"))?;
+    let ticks = build_ticks(&config, &engine, &services)
+        .await
+        .map_err(|e| anyhow!("the configuration cannot be served:\n{e}"))?;
+    let subscribers = pubsub::broker::load_subscribers(&config, &engine, &services)
+        .await
+        .map_err(|e| anyhow!("the configuration cannot be served:\n{}", ConfigErrors(e)))?;
+    broker.start(subscribers);
     let reloader = Arc::new(Reloader::new(
         &config,
         config_path,
         engine.clone(),
-        state,
+        services,
         gateway,
     ));
     ::metrics::gauge!("ficus_generation").set(1.0);
@@ -89,6 +138,11 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (server.admin)", config.server.admin))?;
     let proxy_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    // Campaign once before announcing readiness (a node alone leads at
+    // once), and only once nothing can fail any more: a process that exits
+    // on an error here would otherwise hold a lease it never renews.
+    elector.start().await;
+    let scheduler = Scheduler::start(ticks, elector.clone());
     if let Err(e) = reloader.watch() {
         tracing::warn!(
             "file watching is unavailable, reload with SIGHUP or POST /admin/reload: {e}"
@@ -110,6 +164,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         reloader: reloader.clone(),
         token: config.server.admin_token.clone(),
         started: SystemTime::now(),
+        leader: elector.clone(),
+        pubsub: broker.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, wait(stop_rx.clone())));
     let options = ServerOptions {
@@ -125,9 +181,19 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         _ = shutdown_signal() => {
             tracing::info!("shutdown requested");
             let _ = stop_tx.send(true);
+            // Stop ticks, then resign at once (another node takes over within
+            // a retry period) while in-flight requests drain.
+            scheduler.shutdown().await;
+            elector.shutdown().await;
             proxy.await;
         }
     }
+    scheduler.shutdown().await;
+    elector.shutdown().await;
+    // Subscribers finish the message in hand; the store flushes and closes.
+    broker
+        .shutdown(Duration::from_millis(config.server.shutdown_grace_ms))
+        .await;
     let _ = stop_tx.send(true);
     hup_task.abort();
     upkeep.abort();
@@ -182,7 +248,30 @@ pub async fn check(path: &Path) -> Result<String, ConfigErrors> {
     let config = ficus_config::load(path)?;
     let engine =
         engine_for(&config).map_err(|e| ConfigErrors(vec![config.error_at("", e.to_string())]))?;
-    let (gateway, _) = Gateway::build(&config, &engine, state_for(&config), None).await?;
+    let services = services_for(&config);
+    let built = Gateway::build(&config, &engine, &services, None).await;
+    // Ticks are checked even when the gateway has errors: report all at once.
+    let ticks = build_ticks(&config, &engine, &services).await;
+    // Subscribers too; the durable store is not opened (a running gateway
+    // may hold it).
+    let subscribers = pubsub::broker::load_subscribers(&config, &engine, &services).await;
+    let mut errors = Vec::new();
+    let gateway = match built {
+        Ok((gateway, _)) => Some(gateway),
+        Err(e) => {
+            errors.extend(e.0);
+            None
+        }
+    };
+    if let Err(e) = ticks {
+        errors.extend(e.0);
+    }
+    if let Err(e) = subscribers {
+        errors.extend(e);
+    }
+    let Some(gateway) = gateway.filter(|_| errors.is_empty()) else {
+        return Err(ConfigErrors(errors));
+    };
     let routes = gateway.summary();
     let mut out = format!(
         "{}: ok ({} plugins, {} upstreams, {} routes)\n",
@@ -196,6 +285,25 @@ pub async fn check(path: &Path) -> Result<String, ConfigErrors> {
             "  route {}: [{}]\n",
             r.name,
             r.pipeline.join(" -> ")
+        ));
+    }
+    for sub in &config.subscriptions {
+        out.push_str(&format!(
+            "  subscription {}: {} -> {} ({}{})\n",
+            sub.name,
+            sub.subject,
+            sub.plugin,
+            sub.delivery.as_str(),
+            sub.queue
+                .as_ref()
+                .map(|q| format!(", queue {q}"))
+                .unwrap_or_default()
+        ));
+    }
+    for tick in &config.ticks {
+        out.push_str(&format!(
+            "  tick {}: {} every {} on the leader of group {}\n",
+            tick.name, tick.plugin, tick.every, tick.group
         ));
     }
     Ok(out)

@@ -2,7 +2,7 @@
 //! their plugin pools, upstream clusters, handlers), and the entry point
 //! that serves one request with it.
 
-use crate::capability::state::StateBackend;
+use crate::capability::Services;
 use crate::pipeline::canary::{Budget, Canary, CanarySummary};
 use crate::pipeline::exchange::{strip_hop_by_hop, RequestState};
 use crate::pipeline::response::{collect_limited, error_response, BoxBody, CollectError};
@@ -30,13 +30,16 @@ pub struct Gateway {
     max_request_body: usize,
 }
 
-fn grants_of(list: &[Grant]) -> Grants {
+/// The host-side grant set of a plugin's configured grants.
+pub(crate) fn grants_of(list: &[Grant]) -> Grants {
     let mut g = Grants::default();
     for grant in list {
         match grant {
             Grant::Log => g.log = true,
             Grant::Metrics => g.metrics = true,
             Grant::State => g.state = true,
+            Grant::Pubsub => g.pubsub = true,
+            Grant::Leader => g.leader = true,
             Grant::Clock => g.clock = true,
         }
     }
@@ -81,7 +84,7 @@ impl Gateway {
     pub async fn build(
         config: &Config,
         engine: &PluginEngine,
-        state: Arc<dyn StateBackend>,
+        services: &Services,
         previous: Option<&Gateway>,
     ) -> Result<(Gateway, BuildStats), ConfigErrors> {
         let mut errors: Vec<ConfigError> = Vec::new();
@@ -141,13 +144,7 @@ impl Gateway {
                     .map(|(_, r)| r)
                     .find(|r| r.name == route_name)
             });
-            let caps = |plugin: &str| {
-                Arc::new(Capabilities {
-                    plugin: plugin.into(),
-                    route: route_name.clone(),
-                    state: state.clone(),
-                })
-            };
+            let caps = |plugin: &str| Arc::new(Capabilities::new(plugin, &route_name, services));
             let mut steps = Vec::new();
             for (si, step) in rc.pipeline.iter().enumerate() {
                 let key = format!("routes[{ri}].pipeline[{si}]");

@@ -15,6 +15,7 @@ pub mod plugin;
 pub mod reload;
 pub mod scaffold;
 pub mod server;
+pub mod storage;
 pub mod upstream;
 
 /// Directory holding the plugins built from `plugins/` by the build script.

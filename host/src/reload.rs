@@ -11,7 +11,7 @@
 //! and clusters are carried over with their warm instances and connection
 //! pools (see [`Gateway::build`]).
 
-use crate::capability::state::StateBackend;
+use crate::capability::Services;
 use crate::gateway::{BuildStats, Gateway};
 use crate::plugin::engine::PluginEngine;
 use arc_swap::ArcSwap;
@@ -104,6 +104,24 @@ impl Fixed {
                 "backend.data_dir",
                 c.resolve(&c.backend.data_dir).display().to_string(),
             ),
+            (
+                "pubsub.max_message_bytes",
+                c.pubsub.max_message_bytes.to_string(),
+            ),
+            // Subscriptions own durable queues and running workers: changing
+            // them (or adding/removing one) needs a restart.
+            (
+                "subscriptions",
+                serde_json::to_string(&c.subscriptions).unwrap_or_default(),
+            ),
+            // The elector and the tick schedulers start with the process:
+            // election settings, ticks and the plugins ticks run (settings
+            // and file contents) need a restart.
+            (
+                "leader",
+                serde_json::to_string(&c.leader).unwrap_or_default(),
+            ),
+            ("ticks", ticks_fingerprint(c)),
         ])
     }
 
@@ -118,6 +136,25 @@ impl Fixed {
     }
 }
 
+/// The ticks and, for each plugin a tick runs, its settings and a hash of
+/// its file, as text to compare.
+fn ticks_fingerprint(c: &Config) -> String {
+    use sha2::{Digest, Sha256};
+    let plugins: std::collections::BTreeMap<&str, (String, String)> = c
+        .ticks
+        .iter()
+        .filter_map(|t| c.plugins.get_key_value(t.plugin.as_str()))
+        .map(|(name, p)| {
+            let file = std::fs::read(c.resolve(&p.source))
+                .map(|bytes| hex::encode(Sha256::digest(bytes)))
+                .unwrap_or_else(|e| format!("unreadable: {e}"));
+            let settings = serde_json::to_string(p).unwrap_or_default();
+            (name.as_str(), (settings, file))
+        })
+        .collect();
+    serde_json::json!({ "ticks": c.ticks, "plugins": plugins }).to_string()
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -128,7 +165,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 pub struct Reloader {
     config_path: PathBuf,
     engine: Arc<PluginEngine>,
-    state: Arc<dyn StateBackend>,
+    services: Services,
     gateway: Arc<ArcSwap<Gateway>>,
     fixed: Fixed,
     status: Mutex<ReloadStatus>,
@@ -169,13 +206,13 @@ impl Reloader {
         config: &Config,
         config_path: &Path,
         engine: Arc<PluginEngine>,
-        state: Arc<dyn StateBackend>,
+        services: Services,
         gateway: Gateway,
     ) -> Reloader {
         let reloader = Reloader {
             config_path: config_path.to_path_buf(),
             engine,
-            state,
+            services,
             gateway: Arc::new(ArcSwap::from_pointee(gateway)),
             fixed: Fixed::of(config),
             status: Mutex::new(ReloadStatus {
@@ -302,7 +339,7 @@ impl Reloader {
         }
         let current = self.gateway.load_full();
         let (gateway, stats) =
-            Gateway::build(&config, &self.engine, self.state.clone(), Some(&current))
+            Gateway::build(&config, &self.engine, &self.services, Some(&current))
                 .await
                 .map_err(|e| e.to_string())?;
         self.gateway.store(Arc::new(gateway));

@@ -17,6 +17,12 @@
 //! * use the host capabilities [`log`], [`metrics`] and [`state`] — each one is
 //!   imported by the component only if the plugin calls it, and a route must
 //!   grant it (`grants = ["state"]`) or the plugin fails to load.
+//! * observe leader elections with [`leader::status`] (grant `"leader"`), and
+//!   write scheduled work that runs only on a group's leader as a [`tick`]
+//!   plugin ([`tick::Tick`] + [`export_tick!`]).
+//! * publish messages with [`pubsub::publish`] (grant `"pubsub"`), and
+//!   receive them in a [`subscriber`] plugin ([`subscriber::Subscriber`] +
+//!   [`export_subscriber!`]) named by a `[[subscriptions]]` entry.
 //!
 //! Nothing in this crate panics: every host call that can fail returns a
 //! `Result`.
@@ -132,10 +138,14 @@ pub mod wit {
 mod config_json;
 mod filter;
 mod headers;
+pub mod leader;
 pub mod log;
 pub mod metrics;
+pub mod pubsub;
 mod response;
 pub mod state;
+pub mod subscriber;
+pub mod tick;
 
 pub use config_json::config;
 pub use filter::Filter;

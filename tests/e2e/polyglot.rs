@@ -18,7 +18,9 @@
 //! The Rust twins are built in `target/plugins`, the directory where `host/build.rs` builds
 //! the plugins workspace, so that the SDK's dependencies are not compiled again.
 
-use crate::support::{has_field, unique, Cfg, Gateway, Shared, Upstream};
+use crate::support::{
+    dead_endpoint, has_field, metric, unique, Cfg, Gateway, Shared, TempDir, Upstream,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -767,4 +769,78 @@ async fn c_filter_builds_and_serves() {
             assert_eq!(main.count(&id), 1);
         }
     }
+}
+
+/// A tick plugin in Python (`python/heartbeat`, the twin of the Rust fixture `tick-counter`):
+/// scheduled by `[[ticks]]`, it runs on the leader of its group (a node alone leads), checks
+/// `leader.status` agrees, and counts its runs in a metric. A config its `configure` rejects
+/// fails `ficus check` at `ticks[0].config`.
+#[tokio::test]
+async fn tick_plugin_in_python_runs_on_the_leader() {
+    let out_dir = scratch().join("examples");
+    std::fs::create_dir_all(&out_dir).expect("create the output directory");
+    let built = build(
+        &repo_root().join("plugins-polyglot/python/heartbeat"),
+        &out_dir.join("heartbeat-python.wasm"),
+    );
+    let data = TempDir::new("heartbeat-data");
+    let cfg = |config: &str| {
+        Cfg::new()
+            .plugin_source(
+                "heartbeat",
+                &built.path.to_string_lossy(),
+                "grants = [\"leader\", \"log\", \"metrics\"]\nmemory_limit_bytes = 67108864\n\
+                 timeout_ms = 5000",
+            )
+            .upstream("nowhere", &[dead_endpoint()], "")
+            .toml(&format!(
+                "[backend]\ndata_dir = {:?}\n[leader]\nnode_id = \"solo\"\n\
+                 [[routes]]\nupstream = \"nowhere\"\n\n\
+                 [[ticks]]\nname = \"beat\"\nplugin = \"heartbeat\"\nevery = \"200ms\"\n\
+                 group = \"cron\"\nconfig = {config}\n",
+                data.path().to_string_lossy()
+            ))
+    };
+
+    let checked = cfg("{ label = \"\" }").check();
+    assert_eq!(
+        checked.code,
+        Some(2),
+        "an empty label is rejected: {checked}"
+    );
+    assert!(
+        checked.stderr.contains("ticks[0].config") && checked.stderr.contains("config.label"),
+        "the error names the tick and the guest's message: {checked}"
+    );
+
+    let gw = Gateway::start(&cfg("{ label = \"edge\" }"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = gw.metrics().await;
+        let runs = metric(
+            &metrics,
+            "heartbeat_ticks",
+            &[("group", "cron"), ("label", "edge")],
+        )
+        .unwrap_or(0.0);
+        let ok = metric(
+            &metrics,
+            "ficus_tick_total",
+            &[("tick", "beat"), ("result", "ok")],
+        )
+        .unwrap_or(0.0);
+        if runs >= 3.0 && ok >= 3.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Python tick did not run 3 times in 30 s (runs {runs}, ok {ok}):\n{metrics}\n{}",
+            gw.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.wait_for_log("the Python tick's log line", |e| {
+        e.contains("heartbeat group=cron term=")
+    })
+    .await;
 }

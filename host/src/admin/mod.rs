@@ -1,7 +1,8 @@
 //! The admin listener: `/healthz`, `/metrics` (Prometheus text),
-//! `/admin/status` and `POST /admin/reload`. It binds loopback by default; when a token is
+//! `/admin/status`, `/admin/leader`, `/admin/subscriptions` and `POST /admin/reload`. It binds loopback by default; when a token is
 //! configured, `/admin/*` requires `Authorization: Bearer <token>`.
 
+use crate::capability::leader::Elector;
 use crate::capability::metrics;
 use crate::pipeline::response::{error_response, full, BoxBody};
 use crate::reload::{Reloader, Trigger};
@@ -22,6 +23,10 @@ pub struct Admin {
     pub token: Option<String>,
     /// When the gateway started.
     pub started: SystemTime,
+    /// This node's elections (`/admin/leader`).
+    pub leader: Arc<Elector>,
+    /// The pub/sub backend (`/admin/subscriptions`).
+    pub pubsub: Arc<dyn crate::capability::pubsub::Publisher>,
 }
 
 impl Admin {
@@ -60,6 +65,15 @@ impl Admin {
                     "routes": self.reloader.gateway().load().summary(),
                     "canaries": self.reloader.gateway().load().canaries(),
                 });
+                text(StatusCode::OK, "application/json", body.to_string())
+            }
+            (&http::Method::GET, "/admin/leader") => {
+                let body = serde_json::to_string(&self.leader.status_all())
+                    .expect("the election status always serialises");
+                text(StatusCode::OK, "application/json", body)
+            }
+            (&http::Method::GET, "/admin/subscriptions") => {
+                let body = serde_json::json!({ "subscriptions": self.pubsub.subscriptions() });
                 text(StatusCode::OK, "application/json", body.to_string())
             }
             (&http::Method::POST, "/admin/reload") => {

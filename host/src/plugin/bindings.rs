@@ -11,6 +11,7 @@ wasmtime::component::bindgen!({
     path: "../wit",
     imports: {
         "ficus:gateway/state": async | trappable,
+        "ficus:gateway/pubsub": async | trappable,
         default: trappable,
     },
     exports: { default: async },
@@ -25,3 +26,45 @@ pub use self::ficus::gateway::types::{
     AttemptInfo, HeaderError, RequestAction, ResponseAction, ResponseSpec, UpstreamError,
     UpstreamTarget,
 };
+
+/// Bindings of the `subscriber` world: the host interfaces are the filter
+/// world's (so [`PluginCtx`](super::ctx::PluginCtx)'s implementations and
+/// the capability linker serve both), the export is `subscriber-hooks`.
+pub mod subscriber_world {
+    wasmtime::component::bindgen!({
+        world: "subscriber",
+        path: "../wit",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "ficus:gateway/log": super::ficus::gateway::log,
+            "ficus:gateway/metrics": super::ficus::gateway::metrics,
+            "ficus:gateway/state": super::ficus::gateway::state,
+            "ficus:gateway/pubsub": super::ficus::gateway::pubsub,
+            "ficus:gateway/leader": super::ficus::gateway::leader,
+        },
+    });
+
+    pub use self::ficus::gateway::background_types::Message;
+}
+
+/// Bindings of the `tick` world: the host interfaces are the filter world's
+/// (so [`PluginCtx`](super::ctx::PluginCtx)'s implementations and the
+/// capability linker serve both), the export is `tick-hooks`.
+pub mod tick_world {
+    wasmtime::component::bindgen!({
+        world: "tick",
+        path: "../wit",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "ficus:gateway/log": super::ficus::gateway::log,
+            "ficus:gateway/metrics": super::ficus::gateway::metrics,
+            "ficus:gateway/state": super::ficus::gateway::state,
+            "ficus:gateway/pubsub": super::ficus::gateway::pubsub,
+            "ficus:gateway/leader": super::ficus::gateway::leader,
+        },
+    });
+
+    pub use self::ficus::gateway::background_types::TickInfo;
+}

@@ -1,11 +1,13 @@
 //! The data each plugin store carries, and the host side of the WIT
 //! interfaces (`types`, `log`, `metrics`, `state`) implemented on it.
 
-use super::bindings::ficus::gateway::{log, metrics, state, types};
+use super::bindings::ficus::gateway::{leader, log, metrics, pubsub, state, types};
 use super::bindings::HeaderError;
 use super::sandbox::{wasi_ctx, OutputCapture};
 use super::{Grants, Hook, PluginError};
 use crate::capability;
+use crate::capability::leader::LeaderView;
+use crate::capability::pubsub::{PubSubError, Publisher};
 use crate::capability::state::{StateBackend, StateError};
 use crate::pipeline::exchange::{header_pair, plugin_may_edit, RequestState, ResponseState};
 use bytes::Bytes;
@@ -35,6 +37,23 @@ pub struct Capabilities {
     pub route: Arc<str>,
     /// The state backend.
     pub state: Arc<dyn StateBackend>,
+    /// The pub/sub backend.
+    pub pubsub: Arc<dyn Publisher>,
+    /// This node's view of its leader elections.
+    pub leader: Arc<dyn LeaderView>,
+}
+
+impl Capabilities {
+    /// The capabilities of `plugin` on `route`, from the process's services.
+    pub fn new(plugin: &str, route: &str, services: &crate::capability::Services) -> Self {
+        Capabilities {
+            plugin: plugin.into(),
+            route: route.into(),
+            state: services.state.clone(),
+            pubsub: services.pubsub.clone(),
+            leader: services.leader.clone(),
+        }
+    }
 }
 
 /// Enforces the per-instance memory limit and remembers when it was hit.
@@ -648,5 +667,36 @@ impl state::Host for PluginCtx {
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, state::Error>> {
         let key = self.state_key(&key);
         Ok(self.caps.state.delete(&key).await.map_err(to_wit))
+    }
+}
+
+impl pubsub::Host for PluginCtx {
+    async fn publish(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> wasmtime::Result<Result<(), pubsub::Error>> {
+        Ok(self
+            .caps
+            .pubsub
+            .publish(&subject, payload, headers)
+            .await
+            .map_err(|e| match e {
+                PubSubError::Unavailable(m) => pubsub::Error::Unavailable(m),
+                PubSubError::Invalid(m) => pubsub::Error::Invalid(m),
+                PubSubError::TooLarge => pubsub::Error::TooLarge,
+            }))
+    }
+}
+
+impl leader::Host for PluginCtx {
+    fn status(&mut self, group: String) -> wasmtime::Result<Option<leader::Leadership>> {
+        Ok(self.caps.leader.status(&group).map(|l| leader::Leadership {
+            leader_id: l.leader_id,
+            term: l.term,
+            is_self: l.is_self,
+            lease_expires_ms: l.lease_expires_ms,
+        }))
     }
 }

@@ -2,7 +2,7 @@
 //! config grants. Imports are checked before linking so that an ungranted
 //! import fails with a message naming the interface and the missing grant.
 
-use super::bindings::ficus::gateway::{log, metrics, state, types};
+use super::bindings::ficus::gateway::{leader, log, metrics, pubsub, state, types};
 use super::ctx::PluginCtx;
 use super::{Grants, PluginError};
 use wasmtime::component::types::ComponentItem;
@@ -10,11 +10,14 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::Engine;
 
 /// The Ficus interfaces and the grant each needs (`None`: always linked).
-const FICUS_INTERFACES: [(&str, Option<&str>); 4] = [
+const FICUS_INTERFACES: [(&str, Option<&str>); 7] = [
     ("types", None),
+    ("background-types", None),
     ("log", Some("log")),
     ("metrics", Some("metrics")),
     ("state", Some("state")),
+    ("pubsub", Some("pubsub")),
+    ("leader", Some("leader")),
 ];
 
 /// Reject a component that imports a Ficus interface it was not granted, or
@@ -36,7 +39,7 @@ pub fn check_imports(
         let iface = rest.split('@').next().unwrap_or(rest);
         let Some((_, grant)) = FICUS_INTERFACES.iter().find(|(n, _)| *n == iface) else {
             return Err(PluginError::Link(format!(
-                "imports unknown Ficus interface {name} (this host provides ficus:gateway/{{types,log,metrics,state}}@0.1.0)"
+                "imports unknown Ficus interface {name} (this host provides ficus:gateway/{{types,background-types,log,metrics,state,pubsub,leader}}@0.1.0)"
             )));
         };
         let allowed = match grant {
@@ -44,6 +47,8 @@ pub fn check_imports(
             Some("log") => grants.log,
             Some("metrics") => grants.metrics,
             Some("state") => grants.state,
+            Some("pubsub") => grants.pubsub,
+            Some("leader") => grants.leader,
             Some(_) => false,
         };
         if !allowed {
@@ -72,6 +77,12 @@ pub fn filter_linker(engine: &Engine, grants: Grants) -> Result<Linker<PluginCtx
     }
     if grants.state {
         state::add_to_linker::<_, HasSelf<PluginCtx>>(&mut linker, |c| c).map_err(link)?;
+    }
+    if grants.pubsub {
+        pubsub::add_to_linker::<_, HasSelf<PluginCtx>>(&mut linker, |c| c).map_err(link)?;
+    }
+    if grants.leader {
+        leader::add_to_linker::<_, HasSelf<PluginCtx>>(&mut linker, |c| c).map_err(link)?;
     }
     Ok(linker)
 }

@@ -8,6 +8,8 @@ pub mod filter;
 pub mod handler;
 pub mod linker;
 pub mod sandbox;
+pub mod subscriber;
+pub mod tick;
 
 use std::fmt;
 
@@ -20,6 +22,10 @@ pub struct Grants {
     pub metrics: bool,
     /// `ficus:gateway/state`.
     pub state: bool,
+    /// `ficus:gateway/pubsub`.
+    pub pubsub: bool,
+    /// `ficus:gateway/leader`.
+    pub leader: bool,
     /// Real wall and monotonic clocks (otherwise frozen at zero).
     pub clock: bool,
 }
@@ -30,6 +36,8 @@ impl fmt::Display for Grants {
             (self.log, "log"),
             (self.metrics, "metrics"),
             (self.state, "state"),
+            (self.pubsub, "pubsub"),
+            (self.leader, "leader"),
             (self.clock, "clock"),
         ]
         .iter()
@@ -55,6 +63,10 @@ pub enum Hook {
     OnResponse,
     /// A `wasi:http` handler's `handle`.
     Handle,
+    /// A subscriber's `on-message`.
+    OnMessage,
+    /// A tick's `on-tick`.
+    OnTick,
 }
 
 impl Hook {
@@ -65,6 +77,8 @@ impl Hook {
             Hook::OnRequest => "on-request",
             Hook::OnResponse => "on-response",
             Hook::Handle => "handle",
+            Hook::OnMessage => "on-message",
+            Hook::OnTick => "on-tick",
         }
     }
 }
