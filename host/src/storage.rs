@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// Another process (most likely another `ficus`) has the file open.
-    #[error("{} is locked: another ficus process is using it (processes sharing backend.data_dir cannot share durable subscriptions; give each its own data_dir)", path.display())]
+    #[error("{} is locked: another ficus process is using it (processes sharing backend.data_dir cannot share its embedded databases, used by durable subscriptions and the event store; give each its own data_dir)", path.display())]
     Locked {
         /// The database file.
         path: PathBuf,

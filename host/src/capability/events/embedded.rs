@@ -124,18 +124,7 @@ impl EmbeddedEvents {
     /// Open (or create) the store at `path`. Fails with a clear message when
     /// another process has it open.
     pub fn open(path: &Path) -> Result<Self, EventsError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| unavailable(&format!("cannot create {}", dir.display()), e))?;
-        }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => EventsError::Unavailable(format!(
-                "{} is in use by another process (is another ficus running with the same \
-                 backend.data_dir?)",
-                path.display()
-            )),
-            other => unavailable(&format!("cannot open {}", path.display()), other),
-        })?;
+        let db = crate::storage::open(path).map_err(|e| EventsError::Unavailable(e.to_string()))?;
         let db = Arc::new(db);
         // Create the tables and read the head.
         let head = {

@@ -443,7 +443,7 @@ fn a_second_open_of_the_same_file_says_who_holds_it() {
     };
     let msg = err.to_string();
     assert!(
-        msg.contains("in use by another process") && msg.contains("events.redb"),
+        msg.contains("another ficus process") && msg.contains("events.redb"),
         "{msg}"
     );
 }
