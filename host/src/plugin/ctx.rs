@@ -739,9 +739,10 @@ mod events_host {
 
     impl PluginCtx {
         fn event_store(&self) -> Result<Arc<dyn EventStore>, wit::Error> {
-            self.caps.events.clone().ok_or_else(|| {
-                wit::Error::Unavailable("this gateway has no event store".into())
-            })
+            self.caps
+                .events
+                .clone()
+                .ok_or_else(|| wit::Error::Unavailable("this gateway has no event store".into()))
         }
     }
 

@@ -96,8 +96,11 @@ pub fn filter_linker(engine: &Engine, grants: Grants) -> Result<Linker<PluginCtx
         leader::add_to_linker::<_, HasSelf<PluginCtx>>(&mut linker, |c| c).map_err(link)?;
     }
     if grants.events {
-        super::bindings::handler_world::ficus::gateway::events::add_to_linker::<_, HasSelf<PluginCtx>>(&mut linker, |c| c)
-            .map_err(link)?;
+        super::bindings::handler_world::ficus::gateway::events::add_to_linker::<
+            _,
+            HasSelf<PluginCtx>,
+        >(&mut linker, |c| c)
+        .map_err(link)?;
     }
     Ok(linker)
 }
