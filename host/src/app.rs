@@ -142,6 +142,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow!("the configuration cannot be served:\n{}", ConfigErrors(e)))?;
     broker.start(subscribers);
+    let event_store = services.events.clone();
     let reloader = Arc::new(Reloader::new(
         &config,
         config_path,
@@ -187,6 +188,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         started: SystemTime::now(),
         leader: elector.clone(),
         pubsub: broker.clone(),
+        events: event_store,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, wait(stop_rx.clone())));
     let options = ServerOptions {

@@ -225,3 +225,57 @@ fn a_handler_importing_events_without_the_grant_fails_check() {
         "the error names the interface and the grant: {checked}"
     );
 }
+
+#[tokio::test]
+async fn admin_shows_a_stream_up_to_any_version() {
+    let data = TempDir::new("cqrs-admin");
+    let gw = Gateway::start(&cfg(data.path(), "\"events\""));
+    for (path, body) in [
+        ("/orders/t/place", r#"{"customer":"c","total":3}"#),
+        ("/orders/t/pay", r#"{"amount":3}"#),
+        ("/orders/t/ship", ""),
+    ] {
+        let (s, b) = command(&gw, path, body).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let resp = gw
+        .admin_get("/admin/streams/order-t?version=2")
+        .send()
+        .await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let v = resp.json();
+    assert_eq!(
+        (v["version"].as_u64(), v["current_version"].as_u64()),
+        (Some(2), Some(3)),
+        "{v}"
+    );
+    let types: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["OrderPlaced", "OrderPaid"]);
+    assert_eq!(
+        v["events"][0]["data"]["total"], 3,
+        "JSON data is shown as JSON: {v}"
+    );
+    let all = gw.admin_get("/admin/streams/order-t").send().await.json();
+    assert_eq!(all["events"].as_array().unwrap().len(), 3, "{all}");
+
+    for (path, status, code) in [
+        ("/admin/streams/order-nope", 404, "unknown_stream"),
+        ("/admin/streams/order-t?version=x", 400, "bad_version"),
+        ("/admin/streams/order-t?v=1", 400, "bad_query"),
+        ("/admin/streams/%24all", 400, "bad_stream"),
+        ("/admin/streams/%zz", 400, "bad_stream"),
+    ] {
+        let resp = gw.admin_get(path).send().await;
+        assert_eq!(resp.status, status, "{path}: {resp:?}");
+        assert_eq!(
+            resp.header("x-ficus-error").as_deref(),
+            Some(code),
+            "{path}: {resp:?}"
+        );
+    }
+}
