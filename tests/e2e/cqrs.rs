@@ -279,3 +279,100 @@ async fn admin_shows_a_stream_up_to_any_version() {
         );
     }
 }
+
+/// The order aggregate's pure logic (plugins/orders/orders-command/src/domain.rs), run natively.
+#[path = "../../plugins/orders/orders-command/src/domain.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod domain;
+
+mod domain_logic {
+    use super::domain::{event_id, parse, Command, Order, Refusal, Status};
+
+    fn order(events: &[(&str, &str)]) -> Order {
+        let mut o = Order::default();
+        for (t, d) in events {
+            o.apply(t, d.as_bytes());
+        }
+        o
+    }
+
+    #[test]
+    fn every_command_in_every_state() {
+        let placed = [("OrderPlaced", r#"{"customer":"c","total":5}"#)];
+        let paid = [placed[0], ("OrderPaid", r#"{"amount":5}"#)];
+        let shipped = [paid[0], paid[1], ("OrderShipped", "{}")];
+        let cancelled = [placed[0], ("OrderCancelled", "{}")];
+        let pay5 = |_: ()| parse("/orders/1/pay", br#"{"amount":5}"#).unwrap().1;
+        let ship = parse("/orders/1/ship", b"").unwrap().1;
+        let cancel = parse("/orders/1/cancel", b"{}").unwrap().1;
+        let place = parse("/orders/1/place", br#"{"customer":"c","total":5}"#)
+            .unwrap()
+            .1;
+        let ok = |o: &Order, c: &Command| o.decide(c).map(|(t, _)| t);
+        let conflict = |m: &str| Err(Refusal::Conflict(m.to_owned()));
+
+        let new = Order::default();
+        assert_eq!(ok(&new, &place), Ok("OrderPlaced"));
+        assert_eq!(ok(&new, &pay5(())), conflict("no such order"));
+        let o = order(&placed);
+        assert_eq!((o.status, o.total), (Some(Status::Placed), 5));
+        assert_eq!(ok(&o, &place), conflict("the order already exists"));
+        assert_eq!(ok(&o, &ship), conflict("cannot ship an unpaid order"));
+        assert_eq!(ok(&o, &pay5(())), Ok("OrderPaid"));
+        assert!(matches!(
+            o.decide(&parse("/orders/1/pay", br#"{"amount":4}"#).unwrap().1),
+            Err(Refusal::Invalid(_))
+        ));
+        assert_eq!(ok(&o, &cancel), Ok("OrderCancelled"));
+        let o = order(&paid);
+        assert_eq!(ok(&o, &pay5(())), conflict("the order is already paid"));
+        assert_eq!(ok(&o, &ship), Ok("OrderShipped"));
+        assert_eq!(ok(&o, &cancel), Ok("OrderCancelled"));
+        let o = order(&shipped);
+        assert_eq!(ok(&o, &ship), conflict("the order is already shipped"));
+        assert_eq!(ok(&o, &cancel), conflict("cannot cancel a shipped order"));
+        let o = order(&cancelled);
+        for c in [&pay5(()), &ship, &cancel] {
+            assert_eq!(ok(&o, c), conflict("the order is cancelled"));
+        }
+    }
+
+    #[test]
+    fn commands_are_parsed_strictly() {
+        for (path, body, needle) in [
+            ("/orders/1", "", "expected POST /orders/{id}/"),
+            ("/orders//place", "", "order id"),
+            ("/orders/a.b/place", "", "order id"),
+            ("/orders/1/refund", "", "unknown action"),
+            (
+                "/orders/1/place",
+                r#"{"customer":"c"}"#,
+                "place body: missing field `total`",
+            ),
+            (
+                "/orders/1/pay",
+                r#"{"amount":1,"x":2}"#,
+                "pay body: unknown field `x`",
+            ),
+            ("/orders/1/pay", "{", "pay body:"),
+        ] {
+            match parse(path, body.as_bytes()) {
+                Err(Refusal::Invalid(m)) => assert!(m.contains(needle), "{path} {body}: {m}"),
+                other => panic!("{path} {body}: {other:?}"),
+            }
+        }
+        let (stream, command) = parse("/orders/A-1_b/ship?x=1", b"  ").unwrap();
+        assert_eq!((stream.as_str(), command), ("order-A-1_b", Command::Ship));
+    }
+
+    #[test]
+    fn event_ids_are_stable_and_distinct() {
+        let a = event_id("order-1", 0, "OrderPlaced", b"{}");
+        assert_eq!(a, event_id("order-1", 0, "OrderPlaced", b"{}"));
+        assert_ne!(a, event_id("order-1", 1, "OrderPlaced", b"{}"));
+        assert_ne!(a, event_id("order-2", 0, "OrderPlaced", b"{}"));
+        assert_ne!(a, event_id("order-1", 0, "OrderPaid", b"{}"));
+        assert_ne!(a, event_id("order-1", 0, "OrderPlaced", b"{ }"));
+        assert!(a.starts_with("order-1:0:"));
+    }
+}
