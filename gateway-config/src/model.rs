@@ -507,6 +507,11 @@ pub enum Grant {
     Pubsub,
     /// Observing leader elections.
     Leader,
+    /// The event store (append and read events).
+    Events,
+    /// Reading the read models built by projections.
+    #[serde(rename = "read-model")]
+    ReadModel,
     /// Wall and monotonic clocks.
     Clock,
 }
@@ -520,6 +525,8 @@ impl Grant {
             Grant::State => "state",
             Grant::Pubsub => "pubsub",
             Grant::Leader => "leader",
+            Grant::Events => "events",
+            Grant::ReadModel => "read-model",
             Grant::Clock => "clock",
         }
     }

@@ -963,3 +963,17 @@ canary = { source = "p2.wasm", percent = 150, max_error_rate = 1.5, min_requests
         "{errors}"
     );
 }
+
+#[test]
+fn cqrs_example_loads() {
+    let path = example("cqrs.toml");
+    let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.plugins["orders"].grants, vec![Grant::Events]);
+    assert_eq!(config.routes[0].handler.as_deref(), Some("orders"));
+    assert_eq!(
+        config.resolve(&config.plugins["orders"].source),
+        path.parent()
+            .unwrap()
+            .join("../../target/wasm/orders-command.wasm")
+    );
+}

@@ -37,6 +37,7 @@ pub fn services_in_process() -> Services {
             ficus_config::PubSub::default().max_message_bytes as usize,
         )),
         leader: Arc::new(leader::NoElections),
+        events: None,
     }
 }
 
@@ -54,6 +55,25 @@ pub fn elector_for(config: &Config) -> Arc<Elector> {
         options,
         Arc::new(FileLeases::new(&dir, lock_timeout)),
     ))
+}
+
+/// The embedded event store at `<backend.data_dir>/events.redb`, opened
+/// only when some plugin is granted `events` (processes that share a data
+/// directory for leader election need not share an event store).
+pub fn events_for(
+    config: &Config,
+) -> anyhow::Result<Option<Arc<dyn crate::capability::events::EventStore>>> {
+    let wanted = config
+        .plugins
+        .values()
+        .any(|p| p.grants.contains(&ficus_config::Grant::Events));
+    if !wanted {
+        return Ok(None);
+    }
+    let path = config.resolve(&config.backend.data_dir).join("events.redb");
+    let store = crate::capability::events::embedded::EmbeddedEvents::open(&path)
+        .map_err(|e| anyhow!("the event store (backend.data_dir): {e}"))?;
+    Ok(Some(Arc::new(store)))
 }
 
 fn services_for(config: &Config) -> Services {
@@ -109,6 +129,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let services = Services {
         leader: elector.clone(),
         pubsub: broker.clone(),
+        events: events_for(&config)?,
         ..services_for(&config)
     };
     let (gateway, _) = Gateway::build(&config, &engine, &services, None)
@@ -121,6 +142,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow!("the configuration cannot be served:\n{}", ConfigErrors(e)))?;
     broker.start(subscribers);
+    let event_store = services.events.clone();
     let reloader = Arc::new(Reloader::new(
         &config,
         config_path,
@@ -166,6 +188,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         started: SystemTime::now(),
         leader: elector.clone(),
         pubsub: broker.clone(),
+        events: event_store,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, wait(stop_rx.clone())));
     let options = ServerOptions {

@@ -40,6 +40,8 @@ pub(crate) fn grants_of(list: &[Grant]) -> Grants {
             Grant::State => g.state = true,
             Grant::Pubsub => g.pubsub = true,
             Grant::Leader => g.leader = true,
+            Grant::Events => g.events = true,
+            Grant::ReadModel => g.read_model = true,
             Grant::Clock => g.clock = true,
         }
     }

@@ -136,6 +136,7 @@ pub mod wit {
 }
 
 mod config_json;
+pub mod events;
 mod filter;
 mod headers;
 pub mod leader;

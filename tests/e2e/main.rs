@@ -10,6 +10,7 @@ mod support;
 mod ambassador;
 mod breaker;
 mod config;
+mod cqrs;
 mod handler;
 mod leader;
 mod lifecycle;

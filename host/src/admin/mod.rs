@@ -27,6 +27,8 @@ pub struct Admin {
     pub leader: Arc<Elector>,
     /// The pub/sub backend (`/admin/subscriptions`).
     pub pubsub: Arc<dyn crate::capability::pubsub::Publisher>,
+    /// The event store (`/admin/streams/...`), when one is open.
+    pub events: Option<Arc<dyn crate::capability::events::EventStore>>,
 }
 
 impl Admin {
@@ -89,9 +91,157 @@ impl Admin {
                 });
                 text(status, "application/json", body.to_string())
             }
+            (&http::Method::GET, p) if p.starts_with("/admin/streams/") => {
+                self.stream(p, req.uri().query()).await
+            }
             _ => error_response(StatusCode::NOT_FOUND, "not_found", "unknown admin endpoint"),
         }
     }
+
+    /// `GET /admin/streams/{stream}?version=N`: the stream's events up to
+    /// version N (all of them without `version`), so its state at any
+    /// version can be rebuilt (time travel). Event data is shown as UTF-8
+    /// text when it is, else base64-free hex.
+    async fn stream(&self, path: &str, query: Option<&str>) -> http::Response<BoxBody> {
+        use crate::capability::events::{Direction, EventsError};
+        let Some(store) = &self.events else {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "no_event_store",
+                "this gateway has no event store (no plugin is granted \"events\")",
+            );
+        };
+        let raw = &path["/admin/streams/".len()..];
+        let stream = match percent_decode(raw) {
+            Some(s) if !s.is_empty() => s,
+            _ => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_stream",
+                    "expected /admin/streams/{stream} with a percent-encoded UTF-8 stream name",
+                )
+            }
+        };
+        let mut upto = u64::MAX;
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            match pair.split_once('=') {
+                Some(("version", v)) => match v.parse::<u64>() {
+                    Ok(n) => upto = n,
+                    Err(_) => {
+                        return error_response(
+                            StatusCode::BAD_REQUEST,
+                            "bad_version",
+                            "version: expected a non-negative integer",
+                        )
+                    }
+                },
+                _ => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_query",
+                        "unknown query parameter, expected version=N",
+                    )
+                }
+            }
+        }
+        let current = match store.stream_version(&stream).await {
+            Ok(v) => v,
+            Err(EventsError::Invalid(m)) => {
+                return error_response(StatusCode::BAD_REQUEST, "bad_stream", &m)
+            }
+            Err(e) => {
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    &e.to_string(),
+                )
+            }
+        };
+        if current == 0 {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "unknown_stream",
+                &format!("stream {stream:?} has no events"),
+            );
+        }
+        let mut events = Vec::new();
+        let mut from = 1;
+        while from <= upto.min(current) {
+            let max = (upto.min(current) - from + 1).min(1000) as usize;
+            match store
+                .read_stream(&stream, from, max, Direction::Forward)
+                .await
+            {
+                Ok(page) if page.is_empty() => break,
+                Ok(page) => {
+                    from = page.last().map_or(from, |e| e.version + 1);
+                    events.extend(page);
+                }
+                Err(e) => {
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        &e.to_string(),
+                    )
+                }
+            }
+        }
+        let events: Vec<serde_json::Value> = events
+            .into_iter()
+            .map(|e| {
+                serde_json::json!({
+                    "version": e.version,
+                    "position": e.position,
+                    "id": e.id,
+                    "type": e.event_type,
+                    "data": show(&e.data),
+                    "metadata": show(&e.metadata),
+                    "recorded_ms": e.recorded_ms,
+                })
+            })
+            .collect();
+        let body = serde_json::json!({
+            "stream": stream,
+            "version": upto.min(current),
+            "current_version": current,
+            "events": events,
+        });
+        text(StatusCode::OK, "application/json", body.to_string())
+    }
+}
+
+/// Event bytes for JSON: parsed JSON when they are, else text when UTF-8,
+/// else hex.
+fn show(bytes: &[u8]) -> serde_json::Value {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        return v;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => serde_json::Value::String(s.to_owned()),
+        Err(_) => serde_json::json!({ "hex": hex::encode(bytes) }),
+    }
+}
+
+/// Decode `%XX` escapes; `None` when malformed or not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> http::Response<BoxBody> {

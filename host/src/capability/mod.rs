@@ -21,4 +21,6 @@ pub struct Services {
     pub pubsub: Arc<dyn pubsub::Publisher>,
     /// This node's view of the leader elections it takes part in.
     pub leader: Arc<dyn leader::LeaderView>,
+    /// The event store, opened when some plugin is granted `events`.
+    pub events: Option<Arc<dyn events::EventStore>>,
 }

@@ -68,3 +68,25 @@ pub mod tick_world {
 
     pub use self::ficus::gateway::background_types::TickInfo;
 }
+
+/// Bindings of the `handler` world: the Ficus interfaces a `wasi:http`
+/// handler may import. The shared ones are the filter world's; `events` and
+/// `read-model` are generated here.
+pub mod handler_world {
+    wasmtime::component::bindgen!({
+        world: "handler",
+        path: "../wit",
+        imports: {
+            "ficus:gateway/events": async | trappable,
+            "ficus:gateway/read-model": async | trappable,
+            default: trappable,
+        },
+        with: {
+            "ficus:gateway/log": super::ficus::gateway::log,
+            "ficus:gateway/metrics": super::ficus::gateway::metrics,
+            "ficus:gateway/state": super::ficus::gateway::state,
+            "ficus:gateway/pubsub": super::ficus::gateway::pubsub,
+            "ficus:gateway/leader": super::ficus::gateway::leader,
+        },
+    });
+}

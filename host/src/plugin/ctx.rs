@@ -41,6 +41,8 @@ pub struct Capabilities {
     pub pubsub: Arc<dyn Publisher>,
     /// This node's view of its leader elections.
     pub leader: Arc<dyn LeaderView>,
+    /// The event store (present when some plugin is granted `events`).
+    pub events: Option<Arc<dyn crate::capability::events::EventStore>>,
 }
 
 impl Capabilities {
@@ -52,6 +54,7 @@ impl Capabilities {
             state: services.state.clone(),
             pubsub: services.pubsub.clone(),
             leader: services.leader.clone(),
+            events: services.events.clone(),
         }
     }
 }
@@ -698,5 +701,134 @@ impl leader::Host for PluginCtx {
             is_self: l.is_self,
             lease_expires_ms: l.lease_expires_ms,
         }))
+    }
+}
+
+mod events_host {
+    use super::PluginCtx;
+    use crate::capability::events::{
+        Direction, EventStore, EventsError, Expected, NewEvent, RecordedEvent,
+    };
+    use crate::plugin::bindings::handler_world::ficus::gateway::events as wit;
+    use std::sync::Arc;
+
+    fn to_wit(e: EventsError) -> wit::Error {
+        match e {
+            EventsError::WrongExpectedVersion { actual, .. } => {
+                wit::Error::WrongExpectedVersion(actual)
+            }
+            EventsError::StreamDeleted(_) => wit::Error::StreamDeleted,
+            EventsError::TooLarge(m) => wit::Error::TooLarge(m),
+            EventsError::Invalid(m) => wit::Error::Invalid(m),
+            EventsError::Unavailable(m) => wit::Error::Unavailable(m),
+        }
+    }
+
+    fn recorded(e: RecordedEvent) -> wit::RecordedEvent {
+        wit::RecordedEvent {
+            stream_id: e.stream,
+            version: e.version,
+            position: e.position,
+            id: e.id,
+            event_type: e.event_type,
+            data: e.data,
+            metadata: e.metadata,
+            recorded_ms: e.recorded_ms,
+        }
+    }
+
+    impl PluginCtx {
+        fn event_store(&self) -> Result<Arc<dyn EventStore>, wit::Error> {
+            self.caps
+                .events
+                .clone()
+                .ok_or_else(|| wit::Error::Unavailable("this gateway has no event store".into()))
+        }
+    }
+
+    impl wit::Host for PluginCtx {
+        async fn append(
+            &mut self,
+            stream_id: String,
+            expected: wit::ExpectedVersion,
+            events: Vec<wit::EventData>,
+        ) -> wasmtime::Result<Result<wit::Appended, wit::Error>> {
+            let store = match self.event_store() {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            };
+            let expected = match expected {
+                wit::ExpectedVersion::Any => Expected::Any,
+                wit::ExpectedVersion::NoStream => Expected::NoStream,
+                wit::ExpectedVersion::Exists => Expected::Exists,
+                wit::ExpectedVersion::Exact(v) => Expected::Exact(v),
+            };
+            let events = events
+                .into_iter()
+                .map(|e| NewEvent {
+                    id: e.id,
+                    event_type: e.event_type,
+                    data: e.data,
+                    metadata: e.metadata,
+                })
+                .collect();
+            Ok(store
+                .append(&stream_id, expected, events)
+                .await
+                .map(|a| wit::Appended {
+                    version: a.version,
+                    position: a.position,
+                })
+                .map_err(to_wit))
+        }
+
+        async fn read_stream(
+            &mut self,
+            stream_id: String,
+            from_version: u64,
+            max: u32,
+            direction: wit::Direction,
+        ) -> wasmtime::Result<Result<Vec<wit::RecordedEvent>, wit::Error>> {
+            let store = match self.event_store() {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            };
+            let direction = match direction {
+                wit::Direction::Forward => Direction::Forward,
+                wit::Direction::Backward => Direction::Backward,
+            };
+            Ok(store
+                .read_stream(&stream_id, from_version, max.min(1000) as usize, direction)
+                .await
+                .map(|v| v.into_iter().map(recorded).collect())
+                .map_err(to_wit))
+        }
+
+        async fn read_all(
+            &mut self,
+            from_position: u64,
+            max: u32,
+        ) -> wasmtime::Result<Result<Vec<wit::RecordedEvent>, wit::Error>> {
+            let store = match self.event_store() {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            };
+            Ok(store
+                .read_all(from_position, max.min(1000) as usize, &Default::default())
+                .await
+                .map(|p| p.events.into_iter().map(recorded).collect())
+                .map_err(to_wit))
+        }
+
+        async fn stream_version(
+            &mut self,
+            stream_id: String,
+        ) -> wasmtime::Result<Result<u64, wit::Error>> {
+            let store = match self.event_store() {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            };
+            Ok(store.stream_version(&stream_id).await.map_err(to_wit))
+        }
     }
 }

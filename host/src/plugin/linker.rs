@@ -10,7 +10,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::Engine;
 
 /// The Ficus interfaces and the grant each needs (`None`: always linked).
-const FICUS_INTERFACES: [(&str, Option<&str>); 7] = [
+const FICUS_INTERFACES: [(&str, Option<&str>); 10] = [
     ("types", None),
     ("background-types", None),
     ("log", Some("log")),
@@ -18,6 +18,10 @@ const FICUS_INTERFACES: [(&str, Option<&str>); 7] = [
     ("state", Some("state")),
     ("pubsub", Some("pubsub")),
     ("leader", Some("leader")),
+    ("events", Some("events")),
+    ("read-model", Some("read-model")),
+    // Only projections write read models; no grant links it elsewhere.
+    ("read-model-write", Some("projection")),
 ];
 
 /// Reject a component that imports a Ficus interface it was not granted, or
@@ -39,9 +43,14 @@ pub fn check_imports(
         let iface = rest.split('@').next().unwrap_or(rest);
         let Some((_, grant)) = FICUS_INTERFACES.iter().find(|(n, _)| *n == iface) else {
             return Err(PluginError::Link(format!(
-                "imports unknown Ficus interface {name} (this host provides ficus:gateway/{{types,background-types,log,metrics,state,pubsub,leader}}@0.1.0)"
+                "imports unknown Ficus interface {name} (this host provides ficus:gateway/{{types,background-types,log,metrics,state,pubsub,leader,events,read-model}}@0.1.0)"
             )));
         };
+        if iface == "read-model-write" || iface == "read-model" {
+            return Err(PluginError::Link(format!(
+                "imports {name}: read models are not available yet (the projection world is being built)"
+            )));
+        }
         let allowed = match grant {
             None => true,
             Some("log") => grants.log,
@@ -49,6 +58,8 @@ pub fn check_imports(
             Some("state") => grants.state,
             Some("pubsub") => grants.pubsub,
             Some("leader") => grants.leader,
+            Some("events") => grants.events,
+            Some("read-model") => grants.read_model,
             Some(_) => false,
         };
         if !allowed {
@@ -83,6 +94,13 @@ pub fn filter_linker(engine: &Engine, grants: Grants) -> Result<Linker<PluginCtx
     }
     if grants.leader {
         leader::add_to_linker::<_, HasSelf<PluginCtx>>(&mut linker, |c| c).map_err(link)?;
+    }
+    if grants.events {
+        super::bindings::handler_world::ficus::gateway::events::add_to_linker::<
+            _,
+            HasSelf<PluginCtx>,
+        >(&mut linker, |c| c)
+        .map_err(link)?;
     }
     Ok(linker)
 }

@@ -26,6 +26,10 @@ pub struct Grants {
     pub pubsub: bool,
     /// `ficus:gateway/leader`.
     pub leader: bool,
+    /// `ficus:gateway/events`.
+    pub events: bool,
+    /// `ficus:gateway/read-model`.
+    pub read_model: bool,
     /// Real wall and monotonic clocks (otherwise frozen at zero).
     pub clock: bool,
 }
@@ -38,6 +42,8 @@ impl fmt::Display for Grants {
             (self.state, "state"),
             (self.pubsub, "pubsub"),
             (self.leader, "leader"),
+            (self.events, "events"),
+            (self.read_model, "read-model"),
             (self.clock, "clock"),
         ]
         .iter()
