@@ -169,12 +169,13 @@ impl<'de> Deserialize<'de> for Every {
 
 impl Config {
     /// Every election group this node campaigns for: `leader.groups` and the groups of
-    /// `[[ticks]]`, sorted, without duplicates.
+    /// `[[ticks]]` and `[[projections]]`, sorted, without duplicates.
     pub fn leader_groups(&self) -> BTreeSet<String> {
         self.leader
             .groups
             .iter()
             .chain(self.ticks.iter().map(|t| &t.group))
+            .chain(self.projections.iter().map(|p| &p.group))
             .cloned()
             .collect()
     }
@@ -283,7 +284,7 @@ pub(crate) fn check(config: &Config, out: &mut Problems) {
     }
 }
 
-fn check_group(group: &str, path: &str, out: &mut Problems) {
+pub(crate) fn check_group(group: &str, path: &str, out: &mut Problems) {
     if !valid_name(group) {
         out.push(
             path,

@@ -32,6 +32,7 @@ mod error;
 mod leader;
 pub mod locate;
 mod model;
+mod projections;
 pub mod subject;
 mod subscriptions;
 mod validate;
@@ -42,6 +43,7 @@ pub use model::{
     Backend, BackendKind, Canary, Config, Delivery, Grant, InstanceMode, LbPolicy, Match, OnError,
     PathRule, PipelineStep, Plugin, PubSub, Route, Server, Subscription, Upstream,
 };
+pub use projections::Projection;
 
 use locate::{line_col, Locator};
 

@@ -164,6 +164,10 @@ pub struct Config {
     /// Scheduled work run by `tick` plugins on the leader of a group. Default: none.
     #[serde(default)]
     pub ticks: Vec<crate::leader::Tick>,
+    /// Projections: plugins that fold the event store into read models, run on the leader of a
+    /// group. Default: none.
+    #[serde(default)]
+    pub projections: Vec<crate::projections::Projection>,
     #[serde(skip)]
     #[schemars(skip)]
     origin: Origin,
@@ -178,6 +182,7 @@ impl PartialEq for Config {
             && self.routes == other.routes
             && self.leader == other.leader
             && self.ticks == other.ticks
+            && self.projections == other.projections
             && self.pubsub == other.pubsub
             && self.subscriptions == other.subscriptions
     }

@@ -93,6 +93,7 @@ fn problems(config: &Config) -> Vec<Problem> {
     check_routes(config, &mut out);
     crate::leader::check(config, &mut out);
     crate::subscriptions::check(config, &mut out);
+    crate::projections::check(config, &mut out);
     out.0
 }
 

@@ -10,6 +10,7 @@ use crate::capability::{leader, pubsub, Services};
 use crate::gateway::Gateway;
 use crate::plugin::engine::{EngineOptions, PluginEngine};
 use crate::plugin::tick::{build_ticks, Scheduler};
+use crate::projection::{build_projections, Projections};
 use crate::reload::{Reloader, Trigger};
 use crate::server::{self, ServerOptions};
 use anyhow::{anyhow, Context};
@@ -38,6 +39,7 @@ pub fn services_in_process() -> Services {
         )),
         leader: Arc::new(leader::NoElections),
         events: None,
+        read_models: None,
     }
 }
 
@@ -58,15 +60,17 @@ pub fn elector_for(config: &Config) -> Arc<Elector> {
 }
 
 /// The embedded event store at `<backend.data_dir>/events.redb`, opened
-/// only when some plugin is granted `events` (processes that share a data
+/// only when some plugin is granted `events` or some projection is
+/// configured (processes that share a data
 /// directory for leader election need not share an event store).
 pub fn events_for(
     config: &Config,
 ) -> anyhow::Result<Option<Arc<dyn crate::capability::events::EventStore>>> {
-    let wanted = config
-        .plugins
-        .values()
-        .any(|p| p.grants.contains(&ficus_config::Grant::Events));
+    let wanted = !config.projections.is_empty()
+        || config
+            .plugins
+            .values()
+            .any(|p| p.grants.contains(&ficus_config::Grant::Events));
     if !wanted {
         return Ok(None);
     }
@@ -74,6 +78,32 @@ pub fn events_for(
     let store = crate::capability::events::embedded::EmbeddedEvents::open(&path)
         .map_err(|e| anyhow!("the event store (backend.data_dir): {e}"))?;
     Ok(Some(Arc::new(store)))
+}
+
+/// The embedded read models at `<backend.data_dir>/readmodels.redb`, opened
+/// only when some projection is configured or some plugin is granted
+/// `read-model`.
+pub fn read_models_for(
+    config: &Config,
+) -> anyhow::Result<Option<Arc<crate::capability::readmodel::ReadModelService>>> {
+    use crate::capability::readmodel::{embedded::EmbeddedReadModels, ReadModelService};
+    let wanted = !config.projections.is_empty()
+        || config
+            .plugins
+            .values()
+            .any(|p| p.grants.contains(&ficus_config::Grant::ReadModel));
+    if !wanted {
+        return Ok(None);
+    }
+    let path = config
+        .resolve(&config.backend.data_dir)
+        .join("readmodels.redb");
+    let store = EmbeddedReadModels::open(&path)
+        .map_err(|e| anyhow!("the read models (backend.data_dir): {e}"))?;
+    Ok(Some(Arc::new(ReadModelService {
+        store: Arc::new(store),
+        models: config.projections.iter().map(|p| p.name.clone()).collect(),
+    })))
 }
 
 fn services_for(config: &Config) -> Services {
@@ -130,6 +160,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         leader: elector.clone(),
         pubsub: broker.clone(),
         events: events_for(&config)?,
+        read_models: read_models_for(&config)?,
         ..services_for(&config)
     };
     let (gateway, _) = Gateway::build(&config, &engine, &services, None)
@@ -141,8 +172,12 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let subscribers = pubsub::broker::load_subscribers(&config, &engine, &services)
         .await
         .map_err(|e| anyhow!("the configuration cannot be served:\n{}", ConfigErrors(e)))?;
+    let projections = build_projections(&config, &engine, &services)
+        .await
+        .map_err(|e| anyhow!("the configuration cannot be served:\n{e}"))?;
     broker.start(subscribers);
     let event_store = services.events.clone();
+    let read_models = services.read_models.clone();
     let reloader = Arc::new(Reloader::new(
         &config,
         config_path,
@@ -165,6 +200,12 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     // on an error here would otherwise hold a lease it never renews.
     elector.start().await;
     let scheduler = Scheduler::start(ticks, elector.clone());
+    let projections = Arc::new(match (event_store.clone(), read_models) {
+        (Some(events), Some(models)) if !projections.is_empty() => {
+            Projections::start(projections, elector.clone(), events, models.store.clone())
+        }
+        _ => Projections::none(),
+    });
     if let Err(e) = reloader.watch() {
         tracing::warn!(
             "file watching is unavailable, reload with SIGHUP or POST /admin/reload: {e}"
@@ -189,6 +230,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         leader: elector.clone(),
         pubsub: broker.clone(),
         events: event_store,
+        projections: projections.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, wait(stop_rx.clone())));
     let options = ServerOptions {
@@ -204,14 +246,17 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         _ = shutdown_signal() => {
             tracing::info!("shutdown requested");
             let _ = stop_tx.send(true);
-            // Stop ticks, then resign at once (another node takes over within
-            // a retry period) while in-flight requests drain.
+            // Stop ticks and projections, then resign at once (another node
+            // takes over within a retry period) while in-flight requests
+            // drain.
             scheduler.shutdown().await;
+            projections.shutdown().await;
             elector.shutdown().await;
             proxy.await;
         }
     }
     scheduler.shutdown().await;
+    projections.shutdown().await;
     elector.shutdown().await;
     // Subscribers finish the message in hand; the store flushes and closes.
     broker
@@ -278,6 +323,8 @@ pub async fn check(path: &Path) -> Result<String, ConfigErrors> {
     // Subscribers too; the durable store is not opened (a running gateway
     // may hold it).
     let subscribers = pubsub::broker::load_subscribers(&config, &engine, &services).await;
+    // Projections link against the capabilities only; nothing is opened.
+    let projections = build_projections(&config, &engine, &services).await;
     let mut errors = Vec::new();
     let gateway = match built {
         Ok((gateway, _)) => Some(gateway),
@@ -291,6 +338,9 @@ pub async fn check(path: &Path) -> Result<String, ConfigErrors> {
     }
     if let Err(e) = subscribers {
         errors.extend(e);
+    }
+    if let Err(e) = projections {
+        errors.extend(e.0);
     }
     let Some(gateway) = gateway.filter(|_| errors.is_empty()) else {
         return Err(ConfigErrors(errors));
@@ -327,6 +377,12 @@ pub async fn check(path: &Path) -> Result<String, ConfigErrors> {
         out.push_str(&format!(
             "  tick {}: {} every {} on the leader of group {}\n",
             tick.name, tick.plugin, tick.every, tick.group
+        ));
+    }
+    for p in &config.projections {
+        out.push_str(&format!(
+            "  projection {}: {} on the leader of group {}\n",
+            p.name, p.plugin, p.group
         ));
     }
     Ok(out)

@@ -12,6 +12,7 @@ pub mod capability;
 pub mod gateway;
 pub mod pipeline;
 pub mod plugin;
+pub mod projection;
 pub mod reload;
 pub mod scaffold;
 pub mod server;

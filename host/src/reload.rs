@@ -122,6 +122,8 @@ impl Fixed {
                 serde_json::to_string(&c.leader).unwrap_or_default(),
             ),
             ("ticks", ticks_fingerprint(c)),
+            // Projections run from start to stop, and so do their plugins.
+            ("projections", projections_fingerprint(c)),
         ])
     }
 
@@ -136,14 +138,15 @@ impl Fixed {
     }
 }
 
-/// The ticks and, for each plugin a tick runs, its settings and a hash of
-/// its file, as text to compare.
-fn ticks_fingerprint(c: &Config) -> String {
+/// The settings and a hash of the file of each named plugin, as text to
+/// compare.
+fn plugins_fingerprint<'a>(
+    c: &'a Config,
+    names: impl Iterator<Item = &'a str>,
+) -> std::collections::BTreeMap<&'a str, (String, String)> {
     use sha2::{Digest, Sha256};
-    let plugins: std::collections::BTreeMap<&str, (String, String)> = c
-        .ticks
-        .iter()
-        .filter_map(|t| c.plugins.get_key_value(t.plugin.as_str()))
+    names
+        .filter_map(|n| c.plugins.get_key_value(n))
         .map(|(name, p)| {
             let file = std::fs::read(c.resolve(&p.source))
                 .map(|bytes| hex::encode(Sha256::digest(bytes)))
@@ -151,8 +154,20 @@ fn ticks_fingerprint(c: &Config) -> String {
             let settings = serde_json::to_string(p).unwrap_or_default();
             (name.as_str(), (settings, file))
         })
-        .collect();
+        .collect()
+}
+
+/// The ticks and, for each plugin a tick runs, its settings and a hash of
+/// its file, as text to compare.
+fn ticks_fingerprint(c: &Config) -> String {
+    let plugins = plugins_fingerprint(c, c.ticks.iter().map(|t| t.plugin.as_str()));
     serde_json::json!({ "ticks": c.ticks, "plugins": plugins }).to_string()
+}
+
+/// The projections and their plugins, as [`ticks_fingerprint`].
+fn projections_fingerprint(c: &Config) -> String {
+    let plugins = plugins_fingerprint(c, c.projections.iter().map(|p| p.plugin.as_str()));
+    serde_json::json!({ "projections": c.projections, "plugins": plugins }).to_string()
 }
 
 fn unix_ms(t: SystemTime) -> u64 {

@@ -23,6 +23,11 @@
 //! * publish messages with [`pubsub::publish`] (grant `"pubsub"`), and
 //!   receive them in a [`subscriber`] plugin ([`subscriber::Subscriber`] +
 //!   [`export_subscriber!`]) named by a `[[subscriptions]]` entry.
+//! * event sourcing and CQRS: append and read events with [`events`] (grant
+//!   `"events"`, in a command handler), fold them into a read model in a
+//!   [`projection`] plugin ([`projection::Projection`] +
+//!   [`export_projection!`]) named by a `[[projections]]` entry, and read the
+//!   model with [`read_model`] (grant `"read-model"`, in a query handler).
 //!
 //! Nothing in this crate panics: every host call that can fail returns a
 //! `Result`.
@@ -142,7 +147,9 @@ mod headers;
 pub mod leader;
 pub mod log;
 pub mod metrics;
+pub mod projection;
 pub mod pubsub;
+pub mod read_model;
 mod response;
 pub mod state;
 pub mod subscriber;

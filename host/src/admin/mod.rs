@@ -1,5 +1,7 @@
 //! The admin listener: `/healthz`, `/metrics` (Prometheus text),
-//! `/admin/status`, `/admin/leader`, `/admin/subscriptions` and `POST /admin/reload`. It binds loopback by default; when a token is
+//! `/admin/status`, `/admin/leader`, `/admin/subscriptions`,
+//! `/admin/streams/{stream}`, `/admin/projections`, `POST /admin/reload` and
+//! `POST /admin/projections/{name}/rebuild`. It binds loopback by default; when a token is
 //! configured, `/admin/*` requires `Authorization: Bearer <token>`.
 
 use crate::capability::leader::Elector;
@@ -29,6 +31,8 @@ pub struct Admin {
     pub pubsub: Arc<dyn crate::capability::pubsub::Publisher>,
     /// The event store (`/admin/streams/...`), when one is open.
     pub events: Option<Arc<dyn crate::capability::events::EventStore>>,
+    /// The projections (`/admin/projections`).
+    pub projections: Arc<crate::projection::Projections>,
 }
 
 impl Admin {
@@ -91,10 +95,47 @@ impl Admin {
                 });
                 text(status, "application/json", body.to_string())
             }
+            (&http::Method::GET, "/admin/projections") => {
+                let body = serde_json::json!({ "projections": self.projections.status() });
+                text(StatusCode::OK, "application/json", body.to_string())
+            }
+            (&http::Method::POST, p)
+                if p.starts_with("/admin/projections/") && p.ends_with("/rebuild") =>
+            {
+                let name = &p["/admin/projections/".len()..p.len() - "/rebuild".len()];
+                self.rebuild(name).await
+            }
             (&http::Method::GET, p) if p.starts_with("/admin/streams/") => {
                 self.stream(p, req.uri().query()).await
             }
             _ => error_response(StatusCode::NOT_FOUND, "not_found", "unknown admin endpoint"),
+        }
+    }
+
+    /// `POST /admin/projections/{name}/rebuild`: 202 with the generation
+    /// being built.
+    async fn rebuild(&self, name: &str) -> http::Response<BoxBody> {
+        use crate::projection::RebuildError;
+        match self.projections.rebuild(name).await {
+            Ok(generation) => {
+                let body = serde_json::json!({
+                    "projection": name,
+                    "rebuilding": generation,
+                    "message": "the current model answers queries until the rebuilt one has caught up; follow GET /admin/projections",
+                });
+                text(StatusCode::ACCEPTED, "application/json", body.to_string())
+            }
+            Err(e) => {
+                let (status, code) = match e {
+                    RebuildError::Unknown { .. } => (StatusCode::NOT_FOUND, "unknown_projection"),
+                    RebuildError::Running(_) => (StatusCode::CONFLICT, "already_rebuilding"),
+                    RebuildError::NotLeader { .. } => (StatusCode::CONFLICT, "not_leader"),
+                    RebuildError::Store(_) | RebuildError::Stopped(_) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+                    }
+                };
+                error_response(status, code, &e.to_string())
+            }
         }
     }
 

@@ -7,6 +7,7 @@ pub mod leader;
 pub mod log;
 pub mod metrics;
 pub mod pubsub;
+pub mod readmodel;
 pub mod state;
 
 use std::sync::Arc;
@@ -23,4 +24,7 @@ pub struct Services {
     pub leader: Arc<dyn leader::LeaderView>,
     /// The event store, opened when some plugin is granted `events`.
     pub events: Option<Arc<dyn events::EventStore>>,
+    /// The read models, opened when some projection is configured or some
+    /// plugin is granted `read-model`.
+    pub read_models: Option<Arc<readmodel::ReadModelService>>,
 }

@@ -90,3 +90,23 @@ pub mod handler_world {
         },
     });
 }
+
+/// Bindings of the `projection` world: `read-model` is the handler world's
+/// (one host implementation serves query handlers and projections),
+/// `read-model-write` and the export `projection-hooks` are generated here.
+pub mod projection_world {
+    wasmtime::component::bindgen!({
+        world: "projection",
+        path: "../wit",
+        imports: { default: trappable },
+        exports: { default: async },
+        with: {
+            "ficus:gateway/log": super::ficus::gateway::log,
+            "ficus:gateway/metrics": super::ficus::gateway::metrics,
+            "ficus:gateway/background-types": super::handler_world::ficus::gateway::background_types,
+            "ficus:gateway/read-model": super::handler_world::ficus::gateway::read_model,
+        },
+    });
+
+    pub use super::handler_world::ficus::gateway::background_types::RecordedEvent;
+}

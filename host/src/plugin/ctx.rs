@@ -43,6 +43,8 @@ pub struct Capabilities {
     pub leader: Arc<dyn LeaderView>,
     /// The event store (present when some plugin is granted `events`).
     pub events: Option<Arc<dyn crate::capability::events::EventStore>>,
+    /// The read models (present when projections are configured).
+    pub read_models: Option<Arc<crate::capability::readmodel::ReadModelService>>,
 }
 
 impl Capabilities {
@@ -55,6 +57,7 @@ impl Capabilities {
             pubsub: services.pubsub.clone(),
             leader: services.leader.clone(),
             events: services.events.clone(),
+            read_models: services.read_models.clone(),
         }
     }
 }
@@ -117,6 +120,33 @@ pub struct PluginCtx {
     pub(crate) call_timeout: Duration,
     pub(crate) http: WasiHttpCtx,
     pub(crate) http_hooks: DenyOutbound,
+    /// A projection's model and uncommitted writes (projections only).
+    pub(crate) projection: Option<Box<ProjectionScope>>,
+}
+
+/// What a projection instance writes to: its model, the generation being
+/// written, and the writes not committed yet (the current batch's, then the
+/// current event's, which are dropped if its `on-event` fails).
+pub struct ProjectionScope {
+    /// The model (the projection's name).
+    pub model: Arc<str>,
+    /// The generation written.
+    pub generation: u64,
+    /// Writes of the events of this batch that succeeded.
+    pub batch: std::collections::BTreeMap<String, Option<Vec<u8>>>,
+    /// Writes of the event being applied.
+    pub event: std::collections::BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl ProjectionScope {
+    /// The uncommitted value of `key`: `None` if untouched, `Some(None)` if
+    /// deleted.
+    pub fn pending(&self, key: &str) -> Option<Option<&[u8]>> {
+        self.event
+            .get(key)
+            .or_else(|| self.batch.get(key))
+            .map(|v| v.as_deref())
+    }
 }
 
 /// `wasi:http` hooks that refuse outgoing requests: plugins have no network
@@ -183,6 +213,7 @@ pub fn new_store(
         call_timeout: timeout,
         http: WasiHttpCtx::new(),
         http_hooks: DenyOutbound,
+        projection: None,
     };
     let mut store = Store::new(engine, ctx);
     store.limiter(|c| &mut c.limiter);
@@ -829,6 +860,176 @@ mod events_host {
                 Err(e) => return Ok(Err(e)),
             };
             Ok(store.stream_version(&stream_id).await.map_err(to_wit))
+        }
+    }
+}
+
+mod read_model_host {
+    use super::PluginCtx;
+    use crate::capability::readmodel::{
+        check_key, check_value, Document, ReadModelError, ReadModelService, MAX_SCAN,
+    };
+    use crate::plugin::bindings::handler_world::ficus::gateway::read_model as wit;
+    use crate::plugin::bindings::projection_world::ficus::gateway::read_model_write as wit_write;
+    use std::sync::Arc;
+
+    fn to_wit(e: ReadModelError) -> wit::Error {
+        match e {
+            ReadModelError::Invalid(m) => wit::Error::Invalid(m),
+            ReadModelError::Stale(m) | ReadModelError::Unavailable(m) => wit::Error::Unavailable(m),
+        }
+    }
+
+    impl PluginCtx {
+        fn read_models(&self) -> Result<Arc<ReadModelService>, wit::Error> {
+            self.caps
+                .read_models
+                .clone()
+                .ok_or_else(|| wit::Error::Unavailable("this gateway has no read models".into()))
+        }
+    }
+
+    impl wit::Host for PluginCtx {
+        async fn get(
+            &mut self,
+            model: String,
+            key: String,
+        ) -> wasmtime::Result<Result<Option<Vec<u8>>, wit::Error>> {
+            let service = match self.read_models() {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            };
+            // A projection reads its own model as it writes it.
+            if let Some(scope) = self.projection.as_deref() {
+                if *scope.model == *model {
+                    if let Err(e) = check_key(&key) {
+                        return Ok(Err(to_wit(e)));
+                    }
+                    if let Some(pending) = scope.pending(&key) {
+                        return Ok(Ok(pending.map(<[u8]>::to_vec)));
+                    }
+                    let generation = scope.generation;
+                    return Ok(service
+                        .store
+                        .get(&model, generation, &key)
+                        .await
+                        .map_err(to_wit));
+                }
+            }
+            Ok(service.get(&model, &key).await.map_err(to_wit))
+        }
+
+        async fn scan(
+            &mut self,
+            model: String,
+            prefix: String,
+            start_after: Option<String>,
+            max: u32,
+        ) -> wasmtime::Result<Result<Vec<wit::Document>, wit::Error>> {
+            let service = match self.read_models() {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            };
+            let max = (max as usize).min(MAX_SCAN);
+            let docs = match self.projection.as_deref() {
+                Some(scope) if *scope.model == *model => {
+                    // Stored documents, overlaid with the pending writes.
+                    let pending = scope.event.len() + scope.batch.len();
+                    let stored = match service
+                        .store
+                        .scan(
+                            &model,
+                            scope.generation,
+                            &prefix,
+                            start_after.as_deref(),
+                            max + pending,
+                        )
+                        .await
+                    {
+                        Ok(d) => d,
+                        Err(e) => return Ok(Err(to_wit(e))),
+                    };
+                    let mut merged: std::collections::BTreeMap<String, Option<Vec<u8>>> =
+                        stored.into_iter().map(|d| (d.key, Some(d.value))).collect();
+                    for (k, v) in scope.batch.iter().chain(scope.event.iter()) {
+                        let after = start_after.as_deref().is_none_or(|a| k.as_str() > a);
+                        if k.starts_with(&prefix) && after {
+                            merged.insert(k.clone(), v.clone());
+                        }
+                    }
+                    Ok(merged
+                        .into_iter()
+                        .filter_map(|(key, value)| value.map(|value| Document { key, value }))
+                        .take(max)
+                        .collect())
+                }
+                _ => {
+                    service
+                        .scan(&model, &prefix, start_after.as_deref(), max)
+                        .await
+                }
+            };
+            Ok(docs
+                .map(|d| {
+                    d.into_iter()
+                        .map(|d| wit::Document {
+                            key: d.key,
+                            value: d.value,
+                        })
+                        .collect()
+                })
+                .map_err(to_wit))
+        }
+    }
+
+    impl wit_write::Host for PluginCtx {
+        fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), wit::Error>> {
+            let Some(scope) = self.projection.as_deref_mut() else {
+                return Ok(Err(wit::Error::Invalid(
+                    "only a projection's on-event can write its read model".into(),
+                )));
+            };
+            if let Err(e) = check_key(&key).and_then(|()| check_value(&key, &value)) {
+                return Ok(Err(to_wit(e)));
+            }
+            scope.event.insert(key, Some(value));
+            Ok(Ok(()))
+        }
+
+        fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, wit::Error>> {
+            let Some(scope) = self.projection.as_deref() else {
+                return Ok(Err(wit::Error::Invalid(
+                    "only a projection's on-event can write its read model".into(),
+                )));
+            };
+            if let Err(e) = check_key(&key) {
+                return Ok(Err(to_wit(e)));
+            }
+            let existed = match scope.pending(&key) {
+                Some(v) => v.is_some(),
+                None => {
+                    let Some(service) = self.caps.read_models.clone() else {
+                        return Ok(Err(wit::Error::Unavailable(
+                            "this gateway has no read models".into(),
+                        )));
+                    };
+                    // A synchronous host call: look the key up in a blocking
+                    // section (a read transaction, microseconds).
+                    let (model, generation) = (scope.model.clone(), scope.generation);
+                    let found = tokio::task::block_in_place(|| {
+                        tokio::runtime::Handle::current()
+                            .block_on(service.store.get(&model, generation, &key))
+                    });
+                    match found {
+                        Ok(v) => v.is_some(),
+                        Err(e) => return Ok(Err(to_wit(e))),
+                    }
+                }
+            };
+            if let Some(scope) = self.projection.as_deref_mut() {
+                scope.event.insert(key, None);
+            }
+            Ok(Ok(existed))
         }
     }
 }

@@ -43,12 +43,12 @@ pub fn check_imports(
         let iface = rest.split('@').next().unwrap_or(rest);
         let Some((_, grant)) = FICUS_INTERFACES.iter().find(|(n, _)| *n == iface) else {
             return Err(PluginError::Link(format!(
-                "imports unknown Ficus interface {name} (this host provides ficus:gateway/{{types,background-types,log,metrics,state,pubsub,leader,events,read-model}}@0.1.0)"
+                "imports unknown Ficus interface {name} (this host provides ficus:gateway/{{types,background-types,log,metrics,state,pubsub,leader,events,read-model,read-model-write}}@0.1.0)"
             )));
         };
-        if iface == "read-model-write" || iface == "read-model" {
+        if iface == "read-model-write" && !grants.projection {
             return Err(PluginError::Link(format!(
-                "imports {name}: read models are not available yet (the projection world is being built)"
+                "imports {name}: only projections (`[[projections]]` entries) write read models; a query handler imports ficus:gateway/read-model (grant \"read-model\")"
             )));
         }
         let allowed = match grant {
@@ -59,7 +59,8 @@ pub fn check_imports(
             Some("pubsub") => grants.pubsub,
             Some("leader") => grants.leader,
             Some("events") => grants.events,
-            Some("read-model") => grants.read_model,
+            Some("read-model") => grants.read_model || grants.projection,
+            Some("projection") => grants.projection,
             Some(_) => false,
         };
         if !allowed {
@@ -97,6 +98,20 @@ pub fn filter_linker(engine: &Engine, grants: Grants) -> Result<Linker<PluginCtx
     }
     if grants.events {
         super::bindings::handler_world::ficus::gateway::events::add_to_linker::<
+            _,
+            HasSelf<PluginCtx>,
+        >(&mut linker, |c| c)
+        .map_err(link)?;
+    }
+    if grants.read_model || grants.projection {
+        super::bindings::handler_world::ficus::gateway::read_model::add_to_linker::<
+            _,
+            HasSelf<PluginCtx>,
+        >(&mut linker, |c| c)
+        .map_err(link)?;
+    }
+    if grants.projection {
+        super::bindings::projection_world::ficus::gateway::read_model_write::add_to_linker::<
             _,
             HasSelf<PluginCtx>,
         >(&mut linker, |c| c)

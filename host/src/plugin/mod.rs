@@ -7,6 +7,7 @@ pub mod engine;
 pub mod filter;
 pub mod handler;
 pub mod linker;
+pub mod projection;
 pub mod sandbox;
 pub mod subscriber;
 pub mod tick;
@@ -32,6 +33,10 @@ pub struct Grants {
     pub read_model: bool,
     /// Real wall and monotonic clocks (otherwise frozen at zero).
     pub clock: bool,
+    /// `ficus:gateway/read-model-write` and reading its own model: set by
+    /// the host for projection plugins only (there is no such config
+    /// grant).
+    pub projection: bool,
 }
 
 impl fmt::Display for Grants {
@@ -73,6 +78,8 @@ pub enum Hook {
     OnMessage,
     /// A tick's `on-tick`.
     OnTick,
+    /// A projection's `on-event`.
+    OnEvent,
 }
 
 impl Hook {
@@ -85,6 +92,7 @@ impl Hook {
             Hook::Handle => "handle",
             Hook::OnMessage => "on-message",
             Hook::OnTick => "on-tick",
+            Hook::OnEvent => "on-event",
         }
     }
 }

@@ -47,7 +47,9 @@ impl Filter for Publisher {
         }
         if let Some(status) = config.respond {
             if !(200..=599).contains(&status) {
-                return Err(format!("`respond`: {status} is not an HTTP status (200..=599)"));
+                return Err(format!(
+                    "`respond`: {status} is not an HTTP status (200..=599)"
+                ));
             }
         }
         Ok(Publisher { config })

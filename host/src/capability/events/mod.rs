@@ -319,6 +319,31 @@ impl<S: EventStore + ?Sized> Subscription<S> {
         self.next
     }
 
+    /// Up to `max` stored events past the cursor, without waiting for live
+    /// appends (empty: caught up with the head as it was just read).
+    pub async fn ready(&mut self, max: usize) -> Result<Vec<RecordedEvent>, EventsError> {
+        while self.buffer.is_empty() {
+            let head = self.store.head().await?;
+            if head < self.next {
+                break;
+            }
+            let page = self
+                .store
+                .read_all(self.next, self.page.max(max), &self.filter)
+                .await?;
+            // A page of skipped events still moves the cursor.
+            self.next = page.next.max(self.next + 1);
+            self.buffer.extend(page.events);
+        }
+        let n = max.min(self.buffer.len());
+        Ok(self.buffer.drain(..n).collect())
+    }
+
+    /// Whether events are buffered (read but not handed out yet).
+    pub fn has_buffered(&self) -> bool {
+        !self.buffer.is_empty()
+    }
+
     /// The next event, waiting for a live append when caught up.
     pub async fn next(&mut self) -> Result<RecordedEvent, EventsError> {
         loop {

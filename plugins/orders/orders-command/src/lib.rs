@@ -15,63 +15,18 @@
 //! 3 times, then 409 `concurrent modification`.
 
 mod domain;
+#[path = "../../common/http.rs"]
+mod http;
 
 use domain::{event_id, parse, Order, Refusal};
 use ficus_sdk::events::{self, Direction, Error, EventData, ExpectedVersion};
-use std::io::{Read as _, Write as _};
-use wasip2::http::types::{
-    ErrorCode, Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
-};
+use http::{read_body, respond};
+use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
 
 /// Reloads after a concurrency conflict before giving up with 409.
 const ATTEMPTS: u32 = 3;
 
 struct Orders;
-
-fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
-    let body = request
-        .consume()
-        .map_err(|()| "request body already consumed".to_string())?;
-    let mut bytes = Vec::new();
-    {
-        let mut stream = body
-            .stream()
-            .map_err(|()| "request body stream unavailable".to_string())?;
-        stream
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("reading the request body: {e}"))?;
-    }
-    IncomingBody::finish(body);
-    Ok(bytes)
-}
-
-fn respond(out: ResponseOutparam, status: u16, body: &serde_json::Value) {
-    let body = body.to_string();
-    let fields = Fields::new();
-    let _ = fields.append("content-type", b"application/json");
-    let _ = fields.append("content-length", body.len().to_string().as_bytes());
-    let response = OutgoingResponse::new(fields);
-    let _ = response.set_status_code(status);
-    let Ok(outgoing) = response.body() else {
-        ResponseOutparam::set(
-            out,
-            Err(ErrorCode::InternalError(Some("no response body".into()))),
-        );
-        return;
-    };
-    ResponseOutparam::set(out, Ok(response));
-    let written = match outgoing.write() {
-        Ok(mut stream) => stream
-            .write_all(body.as_bytes())
-            .and_then(|()| std::io::Write::flush(&mut stream))
-            .is_ok(),
-        Err(()) => false,
-    };
-    if written {
-        let _ = OutgoingBody::finish(outgoing, None);
-    }
-}
 
 fn error(status: u16, message: impl Into<String>) -> (u16, serde_json::Value) {
     (status, serde_json::json!({ "error": message.into() }))

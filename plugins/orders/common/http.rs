@@ -1,0 +1,54 @@
+//! HTTP helpers shared by the orders handlers (`wasi:http` bodies in and
+//! JSON responses out). Included with `#[path]` by each plugin.
+
+use std::io::{Read as _, Write as _};
+use wasip2::http::types::{
+    ErrorCode, Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse,
+    ResponseOutparam,
+};
+
+/// The whole request body.
+pub fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
+    let body = request
+        .consume()
+        .map_err(|()| "request body already consumed".to_string())?;
+    let mut bytes = Vec::new();
+    {
+        let mut stream = body
+            .stream()
+            .map_err(|()| "request body stream unavailable".to_string())?;
+        stream
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("reading the request body: {e}"))?;
+    }
+    IncomingBody::finish(body);
+    Ok(bytes)
+}
+
+/// Answer `status` with `body` as JSON.
+pub fn respond(out: ResponseOutparam, status: u16, body: &serde_json::Value) {
+    let body = body.to_string();
+    let fields = Fields::new();
+    let _ = fields.append("content-type", b"application/json");
+    let _ = fields.append("content-length", body.len().to_string().as_bytes());
+    let response = OutgoingResponse::new(fields);
+    let _ = response.set_status_code(status);
+    let Ok(outgoing) = response.body() else {
+        ResponseOutparam::set(
+            out,
+            Err(ErrorCode::InternalError(Some("no response body".into()))),
+        );
+        return;
+    };
+    ResponseOutparam::set(out, Ok(response));
+    let written = match outgoing.write() {
+        Ok(mut stream) => stream
+            .write_all(body.as_bytes())
+            .and_then(|()| std::io::Write::flush(&mut stream))
+            .is_ok(),
+        Err(()) => false,
+    };
+    if written {
+        let _ = OutgoingBody::finish(outgoing, None);
+    }
+}
