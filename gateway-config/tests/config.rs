@@ -976,11 +976,18 @@ fn cqrs_example_loads() {
             .unwrap()
             .join("../../target/wasm/orders-command.wasm")
     );
-    assert_eq!(config.plugins["orders-query"].grants, vec![Grant::ReadModel]);
+    assert_eq!(
+        config.plugins["orders-query"].grants,
+        vec![Grant::ReadModel]
+    );
     assert_eq!(config.routes[1].handler.as_deref(), Some("orders-query"));
     let p = &config.projections[0];
     assert_eq!(
-        (p.name.as_str(), p.plugin.as_str(), p.stream_prefix.as_deref()),
+        (
+            p.name.as_str(),
+            p.plugin.as_str(),
+            p.stream_prefix.as_deref()
+        ),
         ("orders", "orders-projection", Some("order-"))
     );
     assert_eq!((p.group.as_str(), p.batch), ("default", 256));

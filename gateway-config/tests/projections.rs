@@ -77,7 +77,12 @@ fn bad_projections_are_reported_with_key_paths() {
         ],
         "{e:#?}"
     );
-    assert_error(&e[0], "projections[0].plugin", 6, "unknown plugin \"porj\" (known: proj)");
+    assert_error(
+        &e[0],
+        "projections[0].plugin",
+        6,
+        "unknown plugin \"porj\" (known: proj)",
+    );
     assert_error(
         &e[1],
         "projections[1].name",
@@ -85,8 +90,18 @@ fn bad_projections_are_reported_with_key_paths() {
         "duplicate projection name \"orders\" (already used by projections[0])",
     );
     assert_error(&e[5], "projections[1].batch", 13, "");
-    assert_error(&e[6], "projections[1].retry_max_ms", 15, "must be at least retry_ms (10)");
-    assert_error(&e[7], "projections[1].config", 16, "expected a table (got a number)");
+    assert_error(
+        &e[6],
+        "projections[1].retry_max_ms",
+        15,
+        "must be at least retry_ms (10)",
+    );
+    assert_error(
+        &e[7],
+        "projections[1].config",
+        16,
+        "expected a table (got a number)",
+    );
 }
 
 #[test]

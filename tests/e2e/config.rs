@@ -37,6 +37,7 @@ fn every_built_plugin_is_a_known_fixture() {
     known.extend(crate::reload::FIXTURES);
     known.extend(crate::strangler::FIXTURES);
     known.extend(crate::cqrs::FIXTURES);
+    known.extend(crate::projection::FIXTURES);
     known.extend(crate::leader::FIXTURES);
     known.extend(crate::pubsub::FIXTURES);
     known.push("shard-router.wasm"); // tested by tests/e2e/shard.rs

@@ -16,6 +16,7 @@ mod leader;
 mod lifecycle;
 mod pipeline;
 mod polyglot;
+mod projection;
 mod pubsub;
 mod reload;
 mod routing;

@@ -73,6 +73,20 @@ impl ProjectionPlugin {
             projection: true,
             ..settings.grants
         };
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(engine.engine())
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        if !exports
+            .iter()
+            .any(|e| e.starts_with("ficus:gateway/projection-hooks@"))
+        {
+            return Err(PluginError::Link(format!(
+                "not a projection plugin (expected a component exporting ficus:gateway/projection-hooks@0.1.0; it exports {})",
+                if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") }
+            )));
+        }
         check_imports(engine.engine(), component, plugin, grants)?;
         let linker = filter_linker(engine.engine(), grants)?;
         let instance_pre = linker

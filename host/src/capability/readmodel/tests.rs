@@ -2,8 +2,30 @@ use super::embedded::EmbeddedReadModels;
 use super::*;
 use std::sync::Arc;
 
-fn open(dir: &tempfile::TempDir) -> EmbeddedReadModels {
-    EmbeddedReadModels::open(&dir.path().join("readmodels.redb")).expect("open")
+/// A scratch directory, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch() -> Scratch {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ficus-readmodels-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    Scratch(dir)
+}
+
+fn open(dir: &Scratch) -> EmbeddedReadModels {
+    EmbeddedReadModels::open(&dir.0.join("readmodels.redb")).expect("open")
 }
 
 fn put(key: &str, value: &str) -> Write {
@@ -12,7 +34,7 @@ fn put(key: &str, value: &str) -> Write {
 
 #[tokio::test]
 async fn a_commit_writes_documents_and_checkpoint_together() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let store = open(&dir);
     let g = store.generations("orders").await.unwrap();
     assert_eq!(
@@ -43,7 +65,7 @@ async fn a_commit_writes_documents_and_checkpoint_together() {
 
 #[tokio::test]
 async fn a_checkpoint_that_does_not_move_forward_is_refused_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let store = open(&dir);
     store.commit("m", 1, vec![put("k", "1")], 4).await.unwrap();
     for replay in [4, 2] {
@@ -58,7 +80,7 @@ async fn a_checkpoint_that_does_not_move_forward_is_refused_and_writes_nothing()
 
 #[tokio::test]
 async fn scan_pages_by_prefix_in_key_order() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let store = open(&dir);
     let mut writes: Vec<Write> = (0..25).map(|i| put(&format!("a/{i:02}"), "x")).collect();
     writes.push(put("b/1", "y"));
@@ -86,7 +108,7 @@ async fn scan_pages_by_prefix_in_key_order() {
 
 #[tokio::test]
 async fn a_rebuild_builds_beside_the_active_generation_then_replaces_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let store = open(&dir);
     store
         .commit("m", 1, vec![put("old", "1")], 10)
@@ -135,7 +157,7 @@ async fn a_rebuild_builds_beside_the_active_generation_then_replaces_it() {
 
 #[tokio::test]
 async fn everything_committed_survives_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     {
         let store = open(&dir);
         store.commit("m", 1, vec![put("k", "v")], 7).await.unwrap();
@@ -149,7 +171,7 @@ async fn everything_committed_survives_a_reopen() {
 
 #[tokio::test]
 async fn bad_keys_and_oversized_documents_are_refused_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let store = open(&dir);
     let long = "k".repeat(MAX_KEY_BYTES + 1);
     for key in ["", long.as_str(), "a\nb"] {
@@ -170,7 +192,7 @@ async fn bad_keys_and_oversized_documents_are_refused_with_the_reason() {
 
 #[tokio::test]
 async fn the_service_names_unknown_models() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let service = ReadModelService {
         store: Arc::new(open(&dir)),
         models: ["orders".to_owned()].into(),

@@ -110,11 +110,7 @@ struct Cancelled {
 }
 
 /// Apply `event` to the order `id` as it is (`current`).
-pub fn apply(
-    id: &str,
-    current: Option<&OrderDoc>,
-    event: Event<'_>,
-) -> Result<Applied, String> {
+pub fn apply(id: &str, current: Option<&OrderDoc>, event: Event<'_>) -> Result<Applied, String> {
     if let Some(doc) = current {
         if event.version <= doc.version {
             return Err(format!(
@@ -138,8 +134,8 @@ pub fn apply(
             if current.is_some() {
                 return Err("OrderPlaced for an order that exists".into());
             }
-            let p: Placed = serde_json::from_slice(event.data)
-                .map_err(|e| format!("OrderPlaced data: {e}"))?;
+            let p: Placed =
+                serde_json::from_slice(event.data).map_err(|e| format!("OrderPlaced data: {e}"))?;
             OrderDoc {
                 id: id.to_owned(),
                 customer: p.customer,
