@@ -36,14 +36,14 @@ fn orders_cfg(data: &Path) -> Cfg {
         .plugin_source(
             "orders-projection",
             &wasm("orders-projection.wasm"),
-            "grants = [\"log\"]",
+            "grants = [\"log\"]\ntimeout_ms = 2000",
         )
         .plugin_source(
             "orders-query",
             &wasm("orders-query.wasm"),
-            "grants = [\"read-model\"]",
+            "grants = [\"read-model\"]\ntimeout_ms = 2000",
         )
-        .plugin_source("writer", &wasm("event-writer.wasm"), "grants = [\"events\"]")
+        .plugin_source("writer", &wasm("event-writer.wasm"), "grants = [\"events\"]\ntimeout_ms = 5000")
         .toml(&format!(
             "[backend]\ndata_dir = {:?}\n\n\
              [[projections]]\nname = \"orders\"\nplugin = \"orders-projection\"\n\
@@ -422,7 +422,7 @@ async fn after_kill_9_the_read_model_equals_a_replay_and_a_rebuild_equals_live()
 fn probe_cfg(data: &Path) -> Cfg {
     Cfg::new()
         .plugin_source("probe", &wasm("projection-probe.wasm"), "grants = [\"log\"]\ntimeout_ms = 2000")
-        .plugin_source("writer", &wasm("event-writer.wasm"), "grants = [\"events\"]")
+        .plugin_source("writer", &wasm("event-writer.wasm"), "grants = [\"events\"]\ntimeout_ms = 5000")
         .toml(&format!(
             "[backend]\ndata_dir = {:?}\n\n\
              [[projections]]\nname = \"pa\"\nplugin = \"probe\"\nstream_prefix = \"a-\"\n\
@@ -545,7 +545,7 @@ fn check_reports_projection_plugins_that_do_not_fit() {
         .plugin_source(
             "notproj",
             &wasm("orders-query.wasm"),
-            "grants = [\"read-model\"]",
+            "grants = [\"read-model\"]\ntimeout_ms = 2000",
         )
         .plugin_source(
             "probe",
