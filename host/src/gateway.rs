@@ -373,7 +373,7 @@ impl Gateway {
     }
 
     async fn serve(
-        &self,
+        self: Arc<Self>,
         req: http::Request<hyper::body::Incoming>,
         client_addr: SocketAddr,
     ) -> http::Response<BoxBody> {
@@ -430,7 +430,26 @@ impl Gateway {
             context: Vec::new(),
             mirror: None,
         });
-        pipeline::run(&route, &self.clusters, req, started).await
+        // The pipeline runs on a task of its own, so that a client going away
+        // (hyper drops this future) cannot cut it between `on-request` and
+        // `on-response`: dropping `client` tells the pipeline to abandon the
+        // upstream attempt and finish its hooks (see `pipeline`).
+        let (client, gone) = tokio::sync::watch::channel(());
+        let gateway = self.clone();
+        let task = tokio::spawn(async move {
+            pipeline::run_for_client(&route, &gateway.clusters, req, started, gone).await
+        });
+        let result = task.await;
+        drop(client);
+        match result {
+            Ok(resp) => resp,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the gateway is shutting down",
+            ),
+        }
     }
 }
 

@@ -1,6 +1,14 @@
 //! A request's life on a route: `on-request` hooks in order, the upstream
 //! (or Wasm handler) with retries requested by filters, `on-response` hooks
 //! in reverse order, then the response to the client.
+//!
+//! Every filter whose `on-request` ran gets its `on-response`, even when the
+//! client goes away: the gateway runs the pipeline on a task of its own
+//! ([`run_for_client`]), and a client that disconnects only cuts the upstream
+//! attempt (or a retry's back-off) short. The filters then see a local
+//! `499 client closed request`, which is never sent. Filters that take a
+//! resource in `on-request` (an in-flight slot, a concurrency permit) can
+//! rely on releasing it in `on-response`.
 
 pub mod canary;
 pub mod exchange;
@@ -198,12 +206,38 @@ fn plugin_error_reply() -> Reply {
     )
 }
 
-/// Run a matched request through the route.
+/// Status of the response the filters see when the client went away before
+/// the upstream answered (nginx's "client closed request").
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Run a matched request through the route, for a client that stays.
 pub async fn run(
+    route: &Route,
+    clusters: &Clusters,
+    req: Box<RequestState>,
+    started: Instant,
+) -> http::Response<BoxBody> {
+    let (_client, gone) = tokio::sync::watch::channel(());
+    run_for_client(route, clusters, req, started, gone).await
+}
+
+/// Resolves once the client has gone away: the sender of `gone` (held by the
+/// client's request future) was dropped. Nothing is ever sent on it.
+async fn client_gone(gone: &mut tokio::sync::watch::Receiver<()>) {
+    while gone.changed().await.is_ok() {}
+}
+
+/// Run a matched request through the route. `gone` reports the client going
+/// away (its sender dropped); the pipeline still runs to its end, so that
+/// every filter whose `on-request` ran gets its `on-response`, but the
+/// upstream attempt in progress and any retry are abandoned: the filters see a
+/// local [`CLIENT_CLOSED_REQUEST`] response instead.
+pub async fn run_for_client(
     route: &Route,
     clusters: &Clusters,
     mut req: Box<RequestState>,
     started: Instant,
+    mut gone: tokio::sync::watch::Receiver<()>,
 ) -> http::Response<BoxBody> {
     let n = route.steps.len();
     let mut slots: Vec<Slot> = Vec::with_capacity(n);
@@ -261,7 +295,10 @@ pub async fn run(
     loop {
         let mut produced = match local.take() {
             Some(p) => p,
-            None => destination(route, clusters, &req, target.as_ref(), attempt).await,
+            None => tokio::select! {
+                p = destination(route, clusters, &req, target.as_ref(), attempt) => p,
+                () = client_gone(&mut gone) => client_closed(attempt, route.plugin_body),
+            },
         };
         let mut retry = None;
         for &i in ran.iter().rev() {
@@ -304,7 +341,11 @@ pub async fn run(
         }
         if let Some(delay) = retry {
             drop(produced);
-            tokio::time::sleep(Duration::from_millis(u64::from(delay.min(60_000)))).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(u64::from(delay.min(60_000)))) => {}
+                // The next attempt then ends at once, as a local 499.
+                () = client_gone(&mut gone) => {}
+            }
             attempt += 1;
             continue;
         }
@@ -364,6 +405,21 @@ fn upstream_failure_from(route: &Route, info: AttemptInfo) -> Produced {
         info.endpoint.as_deref(),
         info.latency_us,
         UpstreamError::Protocol,
+    )
+}
+
+/// What the filters see when the client went away during an attempt: a
+/// local 499 (local, so no filter retries it).
+fn client_closed(attempt: u32, exposed: bool) -> Produced {
+    let status = StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST);
+    Produced::error(
+        Reply::text(
+            status,
+            "client_closed_request",
+            "the client closed the request before the response",
+        ),
+        local_info(attempt),
+        exposed,
     )
 }
 

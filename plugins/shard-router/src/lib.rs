@@ -268,7 +268,6 @@ enum Placed {
 struct Window {
     /// `bl:<route>:<generation>:`.
     prefix: String,
-    generation: u64,
     total: u64,
 }
 
@@ -290,12 +289,17 @@ struct ShardRouter {
     bounded: Option<Bounded>,
     eject_ms: Option<u64>,
     control: Option<Control>,
-    /// The route this instance serves (asked once).
+    /// The route this instance serves (asked once, in on-request). Only
+    /// on-request may rely on it: a request's on-response can run on
+    /// another instance, so anything it needs travels in the request
+    /// context.
     route: Option<String>,
 }
 
 /// Context keys (per request, per pipeline position).
 const CTX_SHARD: &str = "shard";
+/// The prefix of the bounded-load counters a request was counted in
+/// (`bl:<route>:<generation>:`), until its slot is released.
 const CTX_LOAD: &str = "load";
 
 impl ShardRouter {
@@ -600,11 +604,7 @@ impl ShardRouter {
         })?;
         let prefix = format!("bl:{route}:{generation}:");
         let total = read_count(&format!("{prefix}total"))?;
-        Ok(Window {
-            prefix,
-            generation,
-            total,
-        })
+        Ok(Window { prefix, total })
     }
 
     /// Place a key. With `account`, bounded load is applied and the choice
@@ -660,7 +660,10 @@ impl ShardRouter {
             )
             .and_then(|_| state::increment(&format!("{}total", window.prefix), 1, ttl));
             if counted.is_ok() && bounded.measure == Measure::InFlight {
-                req.set_context(CTX_LOAD, &window.generation.to_string());
+                // The counters' prefix travels with the request: its
+                // on-response may run on another instance of the pool (one
+                // created after this call, which never saw a request).
+                req.set_context(CTX_LOAD, &window.prefix);
             }
         }
         Placed::Shard(shard, Via::Hash)
@@ -941,9 +944,7 @@ impl Filter for ShardRouter {
             // In flight until the first response (a retry keeps its slot
             // released: the load of retries is not counted).
             if bounded.measure == Measure::InFlight {
-                if let Some(generation) = req.context(CTX_LOAD).filter(|g| !g.is_empty()) {
-                    let route = self.route.as_deref().unwrap_or_default();
-                    let prefix = format!("bl:{route}:{generation}:");
+                if let Some(prefix) = req.context(CTX_LOAD).filter(|p| !p.is_empty()) {
                     // The TTL applies only if the window expired meanwhile
                     // and the decrement creates the key: it must not stay.
                     let ttl = Some(bounded.window_ms.saturating_mul(2));
