@@ -613,7 +613,6 @@ fn in_flight_config(ups: &[Upstream], plugin_extra: &str) -> Cfg {
 /// in-flight slot for the window: the host still runs on-response (on a 499 that nobody
 /// receives) as soon as it sees the client go.
 #[tokio::test]
-#[ignore = "flaky in the full suite: 'the slow request never took the owner's slot' (1 run in 2 on the loaded machine); run alone with --ignored; open, see the closing note"]
 async fn a_client_that_hangs_up_releases_its_in_flight_slot() {
     use tokio::io::AsyncWriteExt;
     let ups = four_upstreams();
@@ -631,20 +630,33 @@ async fn a_client_that_hangs_up_releases_its_in_flight_slot() {
     let mut client = tokio::net::TcpStream::connect(gw.addr())
         .await
         .expect("connect");
-    let slow = format!("GET /k HTTP/1.1\r\nhost: gw\r\nx-user: {key}\r\nx-delay-ms: 60000\r\n\r\n");
+    let slow = format!(
+        "GET /k HTTP/1.1\r\nhost: gw\r\nx-user: {key}\r\nx-delay-ms: 60000\r\nx-test-id: hang-up\r\n\r\n"
+    );
     client
         .write_all(slow.as_bytes())
         .await
         .expect("send the slow request");
-    // While it is in flight, the owner is full (load 1 of capacity 1): the key goes elsewhere.
+    // Wait until it reaches an upstream before probing: a probe sent while the slow request's
+    // on-request has not run yet would hold the owner's only slot and send it elsewhere.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while shard_of(&gw, "/k", key).await == owner {
+    let reached = loop {
+        if let Some(up) = ups.iter().find(|u| u.count("hang-up") > 0) {
+            break up.name().to_owned();
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "the slow request never took the owner's slot"
+            "the slow request never reached an upstream"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(reached, owner, "the idle owner takes the slow request");
+    // While it is in flight, the owner is full (load 1 of capacity 1): the key goes elsewhere.
+    assert_ne!(
+        shard_of(&gw, "/k", key).await,
+        owner,
+        "the slow request holds the owner's slot"
+    );
     drop(client);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while shard_of(&gw, "/k", key).await != owner {
