@@ -4,30 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ficus_config::{parse_str, Config, ConfigError};
+mod common;
 
-const FILE: &str = "conf/gateway.toml";
-
-fn parse(text: &str) -> Config {
-    parse_str(text, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}\n{text}"))
-}
-
-fn errors(text: &str) -> Vec<ConfigError> {
-    match parse_str(text, Path::new(FILE)) {
-        Ok(_) => panic!("expected errors for:\n{text}"),
-        Err(errors) => errors.0,
-    }
-}
-
-#[track_caller]
-fn assert_error(e: &ConfigError, key_path: &str, line: usize, message: &str) {
-    assert_eq!(e.key_path, key_path, "key path of {e}");
-    assert_eq!(e.line, Some(line), "line of {e}");
-    assert!(
-        e.message.contains(message),
-        "message of {e}\n  expected to contain: {message}"
-    );
-}
+use common::{assert_error, errors, parse};
 
 const PLUGIN: &str = "[plugins.cron]\nsource = \"cron.wasm\"\n";
 

@@ -19,7 +19,7 @@
 //! active one in one transaction (the old one is dropped) and carries on
 //! live. A rebuild interrupted by a crash resumes from its own checkpoint.
 
-use crate::capability::events::{EventStore, EventsError, Filter, RecordedEvent, Subscription};
+use crate::capability::events::{EventStore, Filter, RecordedEvent, Subscription};
 use crate::capability::leader::Elector;
 use crate::capability::readmodel::{ReadModelError, ReadModels};
 use crate::capability::Services;
@@ -331,15 +331,15 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn to_wit(e: &RecordedEvent) -> WitEvent {
+fn to_wit(e: RecordedEvent) -> WitEvent {
     WitEvent {
-        stream_id: e.stream.clone(),
+        stream_id: e.stream,
         version: e.version,
         position: e.position,
-        id: e.id.clone(),
-        event_type: e.event_type.clone(),
-        data: e.data.clone(),
-        metadata: e.metadata.clone(),
+        id: e.id,
+        event_type: e.event_type,
+        data: e.data,
+        metadata: e.metadata,
         recorded_ms: e.recorded_ms,
     }
 }
@@ -431,14 +431,18 @@ impl Worker {
         }
         let mut applying = self.plugin.begin(self.generation);
         let mut last_ok = None;
+        let mut applied = 0u64;
         let mut failed = None;
-        for event in &batch {
-            match applying.apply(&to_wit(event)).await {
-                Ok(()) => last_ok = Some(event.position),
+        for event in batch.into_iter().map(to_wit) {
+            match applying.apply(&event).await {
+                Ok(()) => {
+                    last_ok = Some(event.position);
+                    applied += 1;
+                }
                 Err(e) => {
                     failed = Some(format!(
                         "event {} (stream {}, version {}, type {}) at position {}: {e}",
-                        event.id, event.stream, event.version, event.event_type, event.position
+                        event.id, event.stream_id, event.version, event.event_type, event.position
                     ));
                     break;
                 }
@@ -451,7 +455,7 @@ impl Worker {
             .increment(n);
         };
         if let Some(position) = last_ok {
-            let n = batch.iter().take_while(|e| e.position <= position).count() as u64;
+            let n = applied;
             match models
                 .commit(&spec.name, self.generation, writes, position)
                 .await
@@ -694,11 +698,5 @@ impl Runner {
         s.last_rebuild = self.last_rebuild.clone();
         ::metrics::gauge!("ficus_projection_checkpoint", "projection" => self.spec.name.to_string())
             .set(self.live.checkpoint as f64);
-    }
-}
-
-impl From<EventsError> for RebuildError {
-    fn from(e: EventsError) -> Self {
-        RebuildError::Store(ReadModelError::Unavailable(e.to_string()))
     }
 }

@@ -26,7 +26,8 @@ fn cfg(data: &Path, grants: &str) -> Cfg {
         ))
 }
 
-async fn command(gw: &Gateway, path: &str, body: &str) -> (u16, serde_json::Value) {
+/// POST a command (JSON body); its status and JSON answer.
+pub(crate) async fn command(gw: &Gateway, path: &str, body: &str) -> (u16, serde_json::Value) {
     let resp = gw
         .request("POST", path)
         .header("content-type", "application/json")
@@ -422,12 +423,7 @@ async fn every_acknowledged_append_survives_kill_9_without_gaps() {
             }
         });
         tokio::time::sleep(Duration::from_millis(300 + 150 * round)).await;
-        let killed = Command::new("kill")
-            .args(["-KILL", &gw.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(killed.success());
-        assert!(gw.wait_exit(Duration::from_secs(10)).await.is_some());
+        gw.kill_9().await;
         let round_acked = client.await.expect("client");
         assert!(
             !round_acked.is_empty(),

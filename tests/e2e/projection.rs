@@ -3,11 +3,11 @@
 //! a replay from scratch after kill -9, rebuild equal to live processing, and projections that
 //! fail (err, trap, malformed data) without losing or repeating an event.
 
+use crate::cqrs::command;
 use crate::support::{Cfg, Gateway, TempDir};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Plugins this module tests (for `config::every_built_plugin_is_a_known_fixture`).
@@ -55,18 +55,6 @@ fn orders_cfg(data: &Path) -> Cfg {
              [[routes]]\nname = \"append\"\nmatch = {{ path_prefix = \"/append/\" }}\nhandler = \"writer\"\n",
             data.to_string_lossy()
         ))
-}
-
-async fn post(gw: &Gateway, path: &str, body: &str) -> (u16, Value) {
-    let resp = gw
-        .request("POST", path)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await;
-    let json = resp.json();
-    (resp.status, json)
 }
 
 async fn get(gw: &Gateway, path: &str) -> (u16, Value) {
@@ -156,12 +144,12 @@ async fn queries_reflect_commands_once_the_projection_catches_up() {
         ("/orders/8/cancel", r#"{"reason":"changed my mind"}"#),
         ("/orders/9/place", r#"{"customer":"c1","total":5}"#),
     ] {
-        let (s, b) = post(&gw, path, body).await;
+        let (s, b) = command(&gw, path, body).await;
         assert_eq!(s, 200, "{path}: {b}");
         last = b["position"].as_u64().unwrap();
     }
     // Refused commands append nothing, so the model never sees them.
-    let (s, _) = post(&gw, "/orders/9/ship", "").await;
+    let (s, _) = command(&gw, "/orders/9/ship", "").await;
     assert_eq!(s, 409);
 
     let stats = caught_up(&gw, last).await;
@@ -225,14 +213,14 @@ async fn malformed_event_data_is_skipped_by_the_orders_projection_and_counted() 
     let data = TempDir::new("proj-malformed");
     let gw = Gateway::start(&orders_cfg(data.path()));
     // A writer that bypasses the command handler's checks.
-    let (s, b) = post(&gw, "/append/order-x?type=OrderPlaced", "{not json").await;
+    let (s, b) = command(&gw, "/append/order-x?type=OrderPlaced", "{not json").await;
     assert_eq!(s, 200, "{b}");
-    let (s, b) = post(&gw, "/append/order-x?type=OrderExploded", "{}").await;
+    let (s, b) = command(&gw, "/append/order-x?type=OrderExploded", "{}").await;
     assert_eq!(s, 200, "{b}");
     // Streams outside the projection's prefix are not delivered at all.
-    let (s, b) = post(&gw, "/append/invoice-1?type=InvoiceSent", "{}").await;
+    let (s, b) = command(&gw, "/append/invoice-1?type=InvoiceSent", "{}").await;
     assert_eq!(s, 200, "{b}");
-    let (s, b) = post(&gw, "/orders/ok/place", r#"{"customer":"c","total":1}"#).await;
+    let (s, b) = command(&gw, "/orders/ok/place", r#"{"customer":"c","total":1}"#).await;
     assert_eq!(s, 200, "{b}");
     let stats = caught_up(&gw, b["position"].as_u64().unwrap()).await;
     assert_eq!(
@@ -250,13 +238,13 @@ async fn malformed_event_data_is_skipped_by_the_orders_projection_and_counted() 
     assert!(log.contains("OrderPlaced data"), "{log}");
     // Oversized events and bad stream names are refused at append with the reason.
     let half = "x".repeat(600 * 1024);
-    let (s, b) = post(&gw, "/append/order-big?type=OrderPlaced&repeat=2", &half).await;
+    let (s, b) = command(&gw, "/append/order-big?type=OrderPlaced&repeat=2", &half).await;
     assert_eq!(s, 413, "{b}");
     assert!(
         b["error"].as_str().unwrap().contains("at most 1048576"),
         "{b}"
     );
-    let (s, b) = post(&gw, "/append/?type=X", "{}").await;
+    let (s, b) = command(&gw, "/append/?type=X", "{}").await;
     assert_eq!(s, 422, "{b}");
     assert!(b["error"].as_str().unwrap().contains("stream name"), "{b}");
     gw.terminate();
@@ -297,12 +285,7 @@ async fn after_kill_9_the_read_model_equals_a_replay_and_a_rebuild_equals_live()
             (acked, ids)
         });
         tokio::time::sleep(Duration::from_millis(400 + 200 * round)).await;
-        let killed = Command::new("kill")
-            .args(["-KILL", &gw.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(killed.success());
-        assert!(gw.wait_exit(Duration::from_secs(10)).await.is_some());
+        gw.kill_9().await;
         let (acked, round_ids) = client.await.expect("client");
         assert!(
             acked > 0,
@@ -410,7 +393,7 @@ async fn after_kill_9_the_read_model_equals_a_replay_and_a_rebuild_equals_live()
     let (_, after) = get(&gw, "/orders/stats").await;
     assert_eq!(after, stats, "stats equal too");
     // And the new generation keeps following live commands.
-    let (s, b) = post(&gw, "/orders/after/place", r#"{"customer":"c","total":1}"#).await;
+    let (s, b) = command(&gw, "/orders/after/place", r#"{"customer":"c","total":1}"#).await;
     assert_eq!(s, 200, "{b}");
     caught_up(&gw, b["position"].as_u64().unwrap()).await;
     let (s, _) = get(&gw, "/orders/after").await;
@@ -435,7 +418,7 @@ fn probe_cfg(data: &Path) -> Cfg {
 }
 
 async fn append(gw: &Gateway, stream: &str, event_type: &str) -> u64 {
-    let (s, b) = post(gw, &format!("/append/{stream}?type={event_type}"), "{}").await;
+    let (s, b) = command(gw, &format!("/append/{stream}?type={event_type}"), "{}").await;
     assert_eq!(s, 200, "{b}");
     b["position"].as_u64().unwrap()
 }
@@ -495,11 +478,7 @@ async fn a_failing_event_stalls_only_its_projection_and_nothing_is_applied_twice
     );
 
     // After a kill -9 both resume from their checkpoints: nothing applied twice.
-    Command::new("kill")
-        .args(["-KILL", &gw.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(gw.wait_exit(Duration::from_secs(10)).await.is_some());
+    gw.kill_9().await;
     let gw = Gateway::start(&probe_cfg(data.path()));
     let pa = wait_projection(&gw, "pa", "pa to stall again at the poison", |p| {
         p["state"] == "stalled"

@@ -98,7 +98,10 @@ pub mod projection_world {
     wasmtime::component::bindgen!({
         world: "projection",
         path: "../wit",
-        imports: { default: trappable },
+        imports: {
+            "ficus:gateway/read-model-write": async | trappable,
+            default: trappable,
+        },
         exports: { default: async },
         with: {
             "ficus:gateway/log": super::ficus::gateway::log,

@@ -235,6 +235,18 @@ pub fn arm(store: &mut Store<PluginCtx>) {
     store.set_epoch_deadline(1);
 }
 
+/// Turn a failed instantiation into a [`PluginError`]: the pooling
+/// allocator being full is [`PluginError::Capacity`]; anything else (a trap
+/// in a start function, the memory limit) is classified as in `configure`.
+pub fn instantiation_error(store: &mut Store<PluginCtx>, e: wasmtime::Error) -> PluginError {
+    let msg = format!("{e:#}");
+    if msg.contains("maximum concurrent") || msg.contains("limit of") {
+        PluginError::Capacity(msg)
+    } else {
+        classify(store, Hook::Configure, e)
+    }
+}
+
 /// Turn a wasmtime error from a call into a [`PluginError`].
 pub fn classify(store: &mut Store<PluginCtx>, hook: Hook, e: wasmtime::Error) -> PluginError {
     let data = store.data_mut();
@@ -983,11 +995,13 @@ mod read_model_host {
     }
 
     impl wit_write::Host for PluginCtx {
-        fn put(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), wit::Error>> {
+        async fn put(
+            &mut self,
+            key: String,
+            value: Vec<u8>,
+        ) -> wasmtime::Result<Result<(), wit::Error>> {
             let Some(scope) = self.projection.as_deref_mut() else {
-                return Ok(Err(wit::Error::Invalid(
-                    "only a projection's on-event can write its read model".into(),
-                )));
+                return Ok(Err(not_a_projection()));
             };
             if let Err(e) = check_key(&key).and_then(|()| check_value(&key, &value)) {
                 return Ok(Err(to_wit(e)));
@@ -996,11 +1010,9 @@ mod read_model_host {
             Ok(Ok(()))
         }
 
-        fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, wit::Error>> {
+        async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, wit::Error>> {
             let Some(scope) = self.projection.as_deref() else {
-                return Ok(Err(wit::Error::Invalid(
-                    "only a projection's on-event can write its read model".into(),
-                )));
+                return Ok(Err(not_a_projection()));
             };
             if let Err(e) = check_key(&key) {
                 return Ok(Err(to_wit(e)));
@@ -1008,19 +1020,12 @@ mod read_model_host {
             let existed = match scope.pending(&key) {
                 Some(v) => v.is_some(),
                 None => {
-                    let Some(service) = self.caps.read_models.clone() else {
-                        return Ok(Err(wit::Error::Unavailable(
-                            "this gateway has no read models".into(),
-                        )));
+                    let service = match self.read_models() {
+                        Ok(s) => s,
+                        Err(e) => return Ok(Err(e)),
                     };
-                    // A synchronous host call: look the key up in a blocking
-                    // section (a read transaction, microseconds).
                     let (model, generation) = (scope.model.clone(), scope.generation);
-                    let found = tokio::task::block_in_place(|| {
-                        tokio::runtime::Handle::current()
-                            .block_on(service.store.get(&model, generation, &key))
-                    });
-                    match found {
+                    match service.store.get(&model, generation, &key).await {
                         Ok(v) => v.is_some(),
                         Err(e) => return Ok(Err(to_wit(e))),
                     }
@@ -1031,5 +1036,9 @@ mod read_model_host {
             }
             Ok(Ok(existed))
         }
+    }
+
+    fn not_a_projection() -> wit::Error {
+        wit::Error::Invalid("only a projection's on-event can write its read model".into())
     }
 }

@@ -16,7 +16,8 @@
 
 use super::bindings::{AttemptInfo, Filter, FilterPre, HookSet, RequestAction, ResponseAction};
 use super::ctx::{
-    arm, classify, new_store, Capabilities, PluginCtx, RequestHandle, ResponseHandle,
+    arm, classify, instantiation_error, new_store, Capabilities, PluginCtx, RequestHandle,
+    ResponseHandle,
 };
 use super::engine::PluginEngine;
 use super::linker::{check_imports, filter_linker};
@@ -148,13 +149,7 @@ impl FilterPool {
         arm(&mut store);
         let bindings = match self.pre.instantiate_async(&mut store).await {
             Ok(b) => b,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                if msg.contains("maximum concurrent") || msg.contains("limit of") {
-                    return Err(PluginError::Capacity(msg));
-                }
-                return Err(classify(&mut store, Hook::Configure, e));
-            }
+            Err(e) => return Err(instantiation_error(&mut store, e)),
         };
         arm(&mut store);
         let result = bindings

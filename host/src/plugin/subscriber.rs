@@ -9,7 +9,7 @@
 //! dropped by the worker and a fresh one is made from the factory.
 
 use super::bindings::subscriber_world::{Message, Subscriber, SubscriberPre};
-use super::ctx::{arm, classify, new_store, Capabilities, PluginCtx};
+use super::ctx::{arm, classify, instantiation_error, new_store, Capabilities, PluginCtx};
 use super::engine::PluginEngine;
 use super::linker::{check_imports, filter_linker};
 use super::{Grants, Hook, PluginError};
@@ -91,13 +91,7 @@ impl SubscriberFactory {
         arm(&mut store);
         let bindings = match self.pre.instantiate_async(&mut store).await {
             Ok(b) => b,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                if msg.contains("maximum concurrent") || msg.contains("limit of") {
-                    return Err(PluginError::Capacity(msg));
-                }
-                return Err(classify(&mut store, Hook::Configure, e));
-            }
+            Err(e) => return Err(instantiation_error(&mut store, e)),
         };
         arm(&mut store);
         let result = bindings

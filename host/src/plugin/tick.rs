@@ -13,7 +13,7 @@
 //! next tick runs as usual.
 
 use super::bindings::tick_world::{Tick, TickInfo, TickPre};
-use super::ctx::{arm, classify, new_store, Capabilities, PluginCtx};
+use super::ctx::{arm, classify, instantiation_error, new_store, Capabilities, PluginCtx};
 use super::engine::PluginEngine;
 use super::linker::{check_imports, filter_linker};
 use super::{Grants, Hook, PluginError};
@@ -159,13 +159,7 @@ impl Factory {
         arm(&mut store);
         let bindings = match self.pre.instantiate_async(&mut store).await {
             Ok(b) => b,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                if msg.contains("maximum concurrent") || msg.contains("limit of") {
-                    return Err(PluginError::Capacity(msg));
-                }
-                return Err(classify(&mut store, Hook::Configure, e));
-            }
+            Err(e) => return Err(instantiation_error(&mut store, e)),
         };
         arm(&mut store);
         let result = bindings

@@ -7,12 +7,12 @@
 //! Every response carries `x-hello-method` and `x-hello-path` (path with
 //! query) echoing the request.
 
-use std::io::{Read as _, Write as _};
+#[allow(dead_code)]
+#[path = "../../common/http.rs"]
+mod http;
 
-use wasip2::http::types::{
-    ErrorCode, Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
-};
+use http::read_body;
+use wasip2::http::types::{ErrorCode, IncomingRequest, Method, ResponseOutparam};
 
 struct Hello;
 
@@ -31,50 +31,8 @@ fn method_name(method: &Method) -> String {
     }
 }
 
-fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
-    let body = request
-        .consume()
-        .map_err(|()| "request body already consumed".to_string())?;
-    let mut bytes = Vec::new();
-    {
-        let mut stream = body
-            .stream()
-            .map_err(|()| "request body stream unavailable".to_string())?;
-        stream
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("reading the request body: {e}"))?;
-    }
-    IncomingBody::finish(body);
-    Ok(bytes)
-}
-
 fn respond(out: ResponseOutparam, headers: &[(&str, &[u8])], body: &[u8]) {
-    let fields = Fields::new();
-    for (name, value) in headers {
-        // Only fixed, valid names and values are passed here.
-        let _ = fields.append(name, value);
-    }
-    let _ = fields.append("content-length", body.len().to_string().as_bytes());
-    let response = OutgoingResponse::new(fields);
-    let Ok(outgoing) = response.body() else {
-        ResponseOutparam::set(
-            out,
-            Err(ErrorCode::InternalError(Some("no response body".into()))),
-        );
-        return;
-    };
-    ResponseOutparam::set(out, Ok(response));
-    let written = match outgoing.write() {
-        Ok(mut stream) => stream
-            .write_all(body)
-            .and_then(|()| std::io::Write::flush(&mut stream))
-            .is_ok(),
-        Err(()) => false,
-    };
-    // The stream is dropped before finishing the body, as wasi:http requires.
-    if written {
-        let _ = OutgoingBody::finish(outgoing, None);
-    }
+    http::respond_raw(out, 200, headers, body);
 }
 
 impl wasip2::exports::http::incoming_handler::Guest for Hello {

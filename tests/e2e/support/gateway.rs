@@ -435,6 +435,20 @@ impl Gateway {
         assert!(status.success(), "kill -TERM {} failed: {status}", self.pid);
     }
 
+    /// Kill the process with SIGKILL (no shutdown at all) and wait until it is gone.
+    pub(crate) async fn kill_9(&self) {
+        let status = Command::new("kill")
+            .args(["-KILL", &self.pid.to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -KILL {} failed: {status}", self.pid);
+        assert!(
+            self.wait_exit(Duration::from_secs(10)).await.is_some(),
+            "{} still runs 10 s after SIGKILL",
+            self.pid
+        );
+    }
+
     /// Wait up to `timeout` for the process to exit.
     pub(crate) async fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;

@@ -15,7 +15,7 @@
 //! 3 times, then 409 `concurrent modification`.
 
 mod domain;
-#[path = "../../common/http.rs"]
+#[path = "../../../common/http.rs"]
 mod http;
 
 use domain::{event_id, parse, Order, Refusal};

@@ -12,7 +12,7 @@
 //! `stats.last_position` is at least that.
 
 #[allow(dead_code)]
-#[path = "../../common/http.rs"]
+#[path = "../../../common/http.rs"]
 mod http;
 
 use ficus_sdk::read_model;

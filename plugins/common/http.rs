@@ -1,5 +1,5 @@
-//! HTTP helpers shared by the orders handlers (`wasi:http` bodies in and
-//! JSON responses out). Included with `#[path]` by each plugin.
+//! HTTP helpers shared by the Rust `wasi:http` handler plugins (request
+//! bodies in, responses out). Included with `#[path]` by each plugin.
 
 use std::io::{Read as _, Write as _};
 use wasip2::http::types::{
@@ -25,11 +25,12 @@ pub fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Answer `status` with `body` as JSON.
-pub fn respond(out: ResponseOutparam, status: u16, body: &serde_json::Value) {
-    let body = body.to_string();
+/// Answer `status` with `headers` (fixed, valid names and values) and `body`.
+pub fn respond_raw(out: ResponseOutparam, status: u16, headers: &[(&str, &[u8])], body: &[u8]) {
     let fields = Fields::new();
-    let _ = fields.append("content-type", b"application/json");
+    for (name, value) in headers {
+        let _ = fields.append(name, value);
+    }
     let _ = fields.append("content-length", body.len().to_string().as_bytes());
     let response = OutgoingResponse::new(fields);
     let _ = response.set_status_code(status);
@@ -43,12 +44,23 @@ pub fn respond(out: ResponseOutparam, status: u16, body: &serde_json::Value) {
     ResponseOutparam::set(out, Ok(response));
     let written = match outgoing.write() {
         Ok(mut stream) => stream
-            .write_all(body.as_bytes())
+            .write_all(body)
             .and_then(|()| std::io::Write::flush(&mut stream))
             .is_ok(),
         Err(()) => false,
     };
+    // The stream is dropped before finishing the body, as wasi:http requires.
     if written {
         let _ = OutgoingBody::finish(outgoing, None);
     }
+}
+
+/// Answer `status` with `body` (e.g. a `serde_json::Value`) as JSON.
+pub fn respond(out: ResponseOutparam, status: u16, body: &impl std::fmt::Display) {
+    respond_raw(
+        out,
+        status,
+        &[("content-type", b"application/json")],
+        body.to_string().as_bytes(),
+    );
 }
