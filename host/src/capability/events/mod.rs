@@ -15,6 +15,7 @@
 //! position 1.
 
 pub mod embedded;
+pub mod nats;
 
 use std::time::Duration;
 
