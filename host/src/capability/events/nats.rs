@@ -89,6 +89,9 @@ pub const MIN_REPLICATED_VERSION: (u64, u64, u64) = (2, 10, 8);
 /// [`subject_token`], whose `%` is always followed by two hex digits).
 const GENESIS_TOKEN: &str = "%genesis";
 const MSG_ID: &str = "Nats-Msg-Id";
+/// How many versions back a retry looks for its append when a clustered
+/// server answers "duplicate of sequence 0".
+const FIND_WINDOW: u64 = 256;
 const EXPECTED_LAST_SEQ: &str = "Nats-Expected-Last-Sequence";
 const EXPECTED_LAST_SUBJECT_SEQ: &str = "Nats-Expected-Last-Subject-Sequence";
 
@@ -190,7 +193,11 @@ fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     let core = v.trim().trim_start_matches('v');
     let core = core.split(['-', '+']).next()?;
     let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
 }
 
 /// One stored message: an append (events), a tombstone or the marker.
@@ -219,16 +226,19 @@ impl Record {
     /// head and version after it.
     fn recorded(&self) -> impl Iterator<Item = RecordedEvent> + '_ {
         let n = self.events.len() as u64;
-        self.events.iter().enumerate().map(move |(i, e)| RecordedEvent {
-            stream: self.stream.clone(),
-            version: self.version - n + 1 + i as u64,
-            position: self.head - n + 1 + i as u64,
-            id: e.id.clone(),
-            event_type: e.event_type.clone(),
-            data: e.data.clone(),
-            metadata: e.metadata.clone(),
-            recorded_ms: self.recorded_ms,
-        })
+        self.events
+            .iter()
+            .enumerate()
+            .map(move |(i, e)| RecordedEvent {
+                stream: self.stream.clone(),
+                version: self.version - n + 1 + i as u64,
+                position: self.head - n + 1 + i as u64,
+                id: e.id.clone(),
+                event_type: e.event_type.clone(),
+                data: e.data.clone(),
+                metadata: e.metadata.clone(),
+                recorded_ms: self.recorded_ms,
+            })
     }
 }
 
@@ -327,23 +337,24 @@ impl NatsEvents {
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)));
         if let Some(path) = &options.credentials {
-            connect = connect.credentials_file(path).await.map_err(|e| {
-                NatsOpenError::Credentials {
-                    path: path.clone(),
-                    error: e.to_string(),
-                }
-            })?;
+            connect =
+                connect
+                    .credentials_file(path)
+                    .await
+                    .map_err(|e| NatsOpenError::Credentials {
+                        path: path.clone(),
+                        error: e.to_string(),
+                    })?;
         }
         let servers = options.servers.join(", ");
         let mut addrs = Vec::new();
         for s in &options.servers {
-            addrs.push(
-                s.parse::<async_nats::ServerAddr>()
-                    .map_err(|e| NatsOpenError::Connect {
-                        servers: s.clone(),
-                        error: e.to_string(),
-                    })?,
-            );
+            addrs.push(s.parse::<async_nats::ServerAddr>().map_err(|e| {
+                NatsOpenError::Connect {
+                    servers: s.clone(),
+                    error: e.to_string(),
+                }
+            })?);
         }
         let client = connect
             .connect(addrs)
@@ -402,7 +413,10 @@ impl NatsEvents {
             write: tokio::sync::Mutex::new(None),
             resume: std::sync::Mutex::new(None),
         };
-        store.write_genesis().await.map_err(|e| stream_err(e.to_string()))?;
+        store
+            .write_genesis()
+            .await
+            .map_err(|e| stream_err(e.to_string()))?;
         Ok(store)
     }
 
@@ -493,9 +507,9 @@ impl NatsEvents {
             Ok(m) => Ok(Some((m.sequence, Self::decode(m.sequence, &m.payload)?))),
             Err(e) => match e.kind() {
                 RawMessageErrorKind::NoMessageFound => Ok(None),
-                RawMessageErrorKind::InvalidSubject => Err(Failure::Fatal(
-                    EventsError::Invalid(format!("invalid subject: {e}")),
-                )),
+                RawMessageErrorKind::InvalidSubject => Err(Failure::Fatal(EventsError::Invalid(
+                    format!("invalid subject: {e}"),
+                ))),
                 RawMessageErrorKind::JetStream(j) if !transient_code(j.error_code().0) => Err(
                     Failure::Fatal(EventsError::Unavailable(format!("reading events: {e}"))),
                 ),
@@ -594,11 +608,9 @@ impl NatsEvents {
         let classify = |e: jetstream::context::PublishError| -> Result<Published, Failure> {
             match e.kind() {
                 PublishErrorKind::WrongLastSequence => Ok(Published::Conflict),
-                PublishErrorKind::MaxPayloadExceeded => Err(Failure::Fatal(
-                    EventsError::TooLarge(format!(
-                        "the append is larger than the NATS server's max_payload ({e})"
-                    )),
-                )),
+                PublishErrorKind::MaxPayloadExceeded => Err(Failure::Fatal(EventsError::TooLarge(
+                    format!("the append is larger than the NATS server's max_payload ({e})"),
+                ))),
                 PublishErrorKind::Other => {
                     let code = std::error::Error::source(&e)
                         .and_then(|s| s.downcast_ref::<jetstream::Error>())
@@ -615,7 +627,11 @@ impl NatsEvents {
                 _ => Err(Failure::Transient(format!("publish: {e}"))),
             }
         };
-        let ack = match self.js.publish_with_headers(subject, headers, payload).await {
+        let ack = match self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+        {
             Ok(ack) => ack,
             Err(e) => return classify(e),
         };
@@ -630,6 +646,7 @@ impl NatsEvents {
     async fn try_append(
         &self,
         tail_cache: &mut Option<Tail>,
+        msg_id: &mut String,
         subject: &str,
         stream: &str,
         expected: Expected,
@@ -644,7 +661,7 @@ impl NatsEvents {
             .await?
             .map_or((0, 0, false), |(seq, r)| (seq, r.version, r.deleted));
         let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID, events[0].id.as_str());
+        headers.insert(MSG_ID, msg_id.as_str());
         if deleted || !expected.allows(version) {
             // Refused, unless it is a retry of a stored append: ask the
             // duplicate window with a publish that cannot be stored.
@@ -653,6 +670,19 @@ impl NatsEvents {
                 .publish_raw(subject.to_owned(), headers, bytes::Bytes::new())
                 .await?
             {
+                Published::Duplicate(0) => {
+                    match self.find_append(subject, version, events).await? {
+                        Some(seq) => Ok(Step::Replay(seq)),
+                        None => Ok(Step::Refused(if deleted {
+                            EventsError::StreamDeleted(stream.to_owned())
+                        } else {
+                            EventsError::WrongExpectedVersion {
+                                expected: expected.describe(),
+                                actual: version,
+                            }
+                        })),
+                    }
+                }
                 Published::Duplicate(seq) => Ok(Step::Replay(seq)),
                 Published::Conflict => Ok(Step::Refused(if deleted {
                     EventsError::StreamDeleted(stream.to_owned())
@@ -697,6 +727,21 @@ impl NatsEvents {
                     position: record.head,
                 }))
             }
+            Ok(Published::Duplicate(0)) => {
+                // Clustered servers remember a Msg-Id when they propose a
+                // message, before its expected sequences are checked, and
+                // answer "duplicate of sequence 0" for an id whose message
+                // was refused: find the append if it was stored, else store
+                // it under another Msg-Id (a later retry finds it here).
+                *tail_cache = None;
+                match self.find_append(subject, version, events).await? {
+                    Some(seq) => Ok(Step::Replay(seq)),
+                    None => {
+                        *msg_id = format!("{}#{:016x}", events[0].id, fastrand::u64(..));
+                        Ok(Step::Conflict)
+                    }
+                }
+            }
             Ok(Published::Duplicate(seq)) => Ok(Step::Replay(seq)),
             Ok(Published::Conflict) => {
                 *tail_cache = None;
@@ -707,6 +752,29 @@ impl NatsEvents {
                 Err(e)
             }
         }
+    }
+
+    /// The message of `subject` holding an append whose first event is
+    /// `events[0]`, among the last [`FIND_WINDOW`] versions before
+    /// `version` (the stream's current version).
+    async fn find_append(
+        &self,
+        subject: &str,
+        version: u64,
+        events: &[NewEvent],
+    ) -> Result<Option<u64>, Failure> {
+        let mut cursor = self
+            .seek(subject, version.saturating_sub(FIND_WINDOW).max(1), |r| {
+                r.version
+            })
+            .await?;
+        while let Some((seq, record)) = cursor {
+            if record.events.first().is_some_and(|e| e.id == events[0].id) {
+                return Ok(Some(seq));
+            }
+            cursor = self.next_of(subject, seq + 1).await?;
+        }
+        Ok(None)
     }
 
     /// The result of an append whose first id the duplicate window knows
@@ -781,10 +849,11 @@ impl EventStore for NatsEvents {
         let started = Instant::now();
         let mut conflicts = 0u32;
         let mut nap = Duration::from_millis(20);
+        let mut msg_id = events[0].id.clone();
         let mut tail = self.write.lock().await;
         let step = loop {
             match self
-                .try_append(&mut tail, &subject, stream, expected, &events)
+                .try_append(&mut tail, &mut msg_id, &subject, stream, expected, &events)
                 .await
             {
                 Ok(Step::Conflict) => {
@@ -983,7 +1052,9 @@ impl EventStore for NatsEvents {
                         .await?
                         .map_or((0, 0, false), |(seq, r)| (seq, r.version, r.deleted));
                     if deleted {
-                        return Err(Failure::Fatal(EventsError::StreamDeleted(stream.to_owned())));
+                        return Err(Failure::Fatal(EventsError::StreamDeleted(
+                            stream.to_owned(),
+                        )));
                     }
                     if !expected.allows(version) {
                         return Err(Failure::Fatal(EventsError::WrongExpectedVersion {
