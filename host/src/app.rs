@@ -57,12 +57,15 @@ pub fn elector_for(config: &Config) -> Arc<Elector> {
     ))
 }
 
-/// The embedded event store at `<backend.data_dir>/events.redb`, opened
-/// only when some plugin is granted `events` (processes that share a data
-/// directory for leader election need not share an event store).
-pub fn events_for(
+/// The event store, opened only when some plugin is granted `events`
+/// (processes that share a data directory for leader election need not
+/// share an event store): with `[backend] kind = "embedded"` the redb file
+/// `<backend.data_dir>/events.redb`, with `kind = "nats"` the JetStream
+/// stream `backend.events_stream` on `backend.servers`.
+pub async fn events_for(
     config: &Config,
 ) -> anyhow::Result<Option<Arc<dyn crate::capability::events::EventStore>>> {
+    use crate::capability::events::{embedded::EmbeddedEvents, nats};
     let wanted = config
         .plugins
         .values()
@@ -70,10 +73,33 @@ pub fn events_for(
     if !wanted {
         return Ok(None);
     }
-    let path = config.resolve(&config.backend.data_dir).join("events.redb");
-    let store = crate::capability::events::embedded::EmbeddedEvents::open(&path)
-        .map_err(|e| anyhow!("the event store (backend.data_dir): {e}"))?;
-    Ok(Some(Arc::new(store)))
+    let backend = &config.backend;
+    match backend.kind {
+        ficus_config::BackendKind::Embedded => {
+            let path = config.resolve(&backend.data_dir).join("events.redb");
+            let store = EmbeddedEvents::open(&path)
+                .map_err(|e| anyhow!("the event store (backend.data_dir): {e}"))?;
+            Ok(Some(Arc::new(store)))
+        }
+        ficus_config::BackendKind::Nats => {
+            let options = nats::NatsEventsOptions {
+                credentials: backend.credentials.as_ref().map(|c| config.resolve(c)),
+                stream: backend.events_stream().to_owned(),
+                replicas: usize::from(backend.replicas()),
+                ..nats::NatsEventsOptions::new(backend.servers.clone())
+            };
+            let store = nats::NatsEvents::open(options)
+                .await
+                .map_err(|e| anyhow!("the event store ([backend] kind = \"nats\"): {e}"))?;
+            tracing::info!(
+                servers = %backend.servers.join(", "),
+                stream = backend.events_stream(),
+                server_version = store.server_version(),
+                "event store on NATS JetStream"
+            );
+            Ok(Some(Arc::new(store)))
+        }
+    }
 }
 
 fn services_for(config: &Config) -> Services {
@@ -129,7 +155,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let services = Services {
         leader: elector.clone(),
         pubsub: broker.clone(),
-        events: events_for(&config)?,
+        events: events_for(&config).await?,
         ..services_for(&config)
     };
     let (gateway, _) = Gateway::build(&config, &engine, &services, None)
