@@ -249,6 +249,20 @@ struct Tail {
     head: u64,
 }
 
+/// What this process's writes know, so that an uncontended append costs one
+/// round trip (the publish). Stale entries are harmless: the expected
+/// sequences of the publish fail (error 10071) and the entry is re-read; a
+/// refusal is only ever decided on a fresh read.
+#[derive(Default)]
+struct WriteCache {
+    tail: Option<Tail>,
+    /// Subject → (its last sequence, the stream's version, deleted).
+    streams: std::collections::HashMap<String, (u64, u64, bool)>,
+}
+
+/// Most event streams [`WriteCache`] remembers.
+const CACHED_STREAMS: usize = 10_000;
+
 /// How one attempt failed.
 enum Failure {
     /// Worth retrying (failover, timeout, no responders).
@@ -302,7 +316,7 @@ pub struct NatsEvents {
     server_version: String,
     /// Serialises this process's writes (appends are globally ordered
     /// anyway) and caches the store's last message.
-    write: tokio::sync::Mutex<Option<Tail>>,
+    write: tokio::sync::Mutex<WriteCache>,
     /// Where the last `$all` page stopped: (next position, sequence to
     /// resume at), so that a following subscription page needs no search.
     resume: std::sync::Mutex<Option<(u64, u64)>>,
@@ -410,7 +424,7 @@ impl NatsEvents {
             prefix,
             retry_for: options.retry_for,
             server_version,
-            write: tokio::sync::Mutex::new(None),
+            write: tokio::sync::Mutex::new(WriteCache::default()),
             resume: std::sync::Mutex::new(None),
         };
         store
@@ -645,21 +659,30 @@ impl NatsEvents {
     /// One attempt of an append, under the write lock.
     async fn try_append(
         &self,
-        tail_cache: &mut Option<Tail>,
+        cache: &mut WriteCache,
         msg_id: &mut String,
         subject: &str,
         stream: &str,
         expected: Expected,
         events: &[NewEvent],
     ) -> Result<Step, Failure> {
-        let tail = match *tail_cache {
+        let tail = match cache.tail {
             Some(t) => t,
             None => self.tail().await?,
         };
-        let (subject_seq, version, deleted) = self
-            .last_of(subject)
-            .await?
-            .map_or((0, 0, false), |(seq, r)| (seq, r.version, r.deleted));
+        let cached = cache.streams.get(subject).copied();
+        let (subject_seq, version, deleted) = match cached {
+            Some(state) => state,
+            None => self
+                .last_of(subject)
+                .await?
+                .map_or((0, 0, false), |(seq, r)| (seq, r.version, r.deleted)),
+        };
+        if cached.is_some() && (deleted || !expected.allows(version)) {
+            // Decide refusals on a fresh read only.
+            cache.streams.remove(subject);
+            return Ok(Step::Conflict);
+        }
         let mut headers = HeaderMap::new();
         headers.insert(MSG_ID, msg_id.as_str());
         if deleted || !expected.allows(version) {
@@ -718,10 +741,16 @@ impl NatsEvents {
         headers.insert(EXPECTED_LAST_SEQ, tail.seq.to_string().as_str());
         match self.publish(subject.to_owned(), headers, &record).await {
             Ok(Published::Stored(seq)) => {
-                *tail_cache = Some(Tail {
+                cache.tail = Some(Tail {
                     seq,
                     head: record.head,
                 });
+                if cache.streams.len() >= CACHED_STREAMS {
+                    cache.streams.clear();
+                }
+                cache
+                    .streams
+                    .insert(subject.to_owned(), (seq, record.version, false));
                 Ok(Step::Done(Appended {
                     version: record.version,
                     position: record.head,
@@ -733,7 +762,8 @@ impl NatsEvents {
                 // answer "duplicate of sequence 0" for an id whose message
                 // was refused: find the append if it was stored, else store
                 // it under another Msg-Id (a later retry finds it here).
-                *tail_cache = None;
+                cache.tail = None;
+                cache.streams.remove(subject);
                 match self.find_append(subject, version, events).await? {
                     Some(seq) => Ok(Step::Replay(seq)),
                     None => {
@@ -744,11 +774,13 @@ impl NatsEvents {
             }
             Ok(Published::Duplicate(seq)) => Ok(Step::Replay(seq)),
             Ok(Published::Conflict) => {
-                *tail_cache = None;
+                cache.tail = None;
+                cache.streams.remove(subject);
                 Ok(Step::Conflict)
             }
             Err(e) => {
-                *tail_cache = None;
+                cache.tail = None;
+                cache.streams.remove(subject);
                 Err(e)
             }
         }
@@ -1040,7 +1072,8 @@ impl EventStore for NatsEvents {
         let started = Instant::now();
         let mut cache = self.write.lock().await;
         loop {
-            let cached = *cache;
+            let cached = cache.tail;
+            cache.streams.remove(&subject);
             let outcome = self
                 .retrying("deleting a stream", || async {
                     let tail = match cached {
@@ -1078,7 +1111,7 @@ impl EventStore for NatsEvents {
                 .await;
             match outcome {
                 Ok((Published::Stored(seq), tail)) => {
-                    *cache = Some(Tail {
+                    cache.tail = Some(Tail {
                         seq,
                         head: tail.head,
                     });
@@ -1086,7 +1119,7 @@ impl EventStore for NatsEvents {
                 }
                 Ok((Published::Duplicate(_), _)) => return Ok(()),
                 Ok((Published::Conflict, _)) => {
-                    *cache = None;
+                    cache.tail = None;
                     if started.elapsed() > self.retry_for {
                         return Err(EventsError::Unavailable(format!(
                             "deleting {stream}: too many conflicting writes"
@@ -1094,7 +1127,7 @@ impl EventStore for NatsEvents {
                     }
                 }
                 Err(e) => {
-                    *cache = None;
+                    cache.tail = None;
                     return Err(e);
                 }
             }
