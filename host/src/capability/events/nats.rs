@@ -56,8 +56,8 @@
 //! - `wait_past` polls the head, woken early by a core NATS subscription to
 //!   the stream's subjects.
 //! - Transient failures (no responders, timeouts, "cluster not available"
-//!   during a stream-leader failover, which lasts about 5 s in a 3-node
-//!   cluster) are retried with backoff for [`NatsEventsOptions::retry_for`]
+//!   during a stream-leader failover, which lasts about 5 to 10 s in a
+//!   3-node cluster) are retried with backoff for [`NatsEventsOptions::retry_for`]
 //!   (default 15 s), then reported as [`EventsError::Unavailable`]. A
 //!   publish retried after a timeout carries the same `Nats-Msg-Id`, so an
 //!   append the server stored but did not acknowledge is not duplicated.
@@ -377,7 +377,16 @@ impl NatsEvents {
                 servers: servers.clone(),
                 error: e.to_string(),
             })?;
-        let server_version = client.server_info().version;
+        let info = client.server_info();
+        let server_version = info.version;
+        if info.max_payload < super::MAX_APPEND_BYTES + 64 * 1024 {
+            tracing::warn!(
+                "the NATS server's max_payload is {} bytes: appends larger than that fail as too \
+                 large (the event store allows {} bytes; set max_payload: 8MB on the servers)",
+                info.max_payload,
+                super::MAX_APPEND_BYTES
+            );
+        }
         let recent = parse_version(&server_version).is_some_and(|v| v >= MIN_REPLICATED_VERSION);
         if options.replicas > 1 && !recent {
             return Err(NatsOpenError::ServerTooOld {
