@@ -340,8 +340,8 @@ pub struct Backend {
     #[serde(default)]
     pub kind: BackendKind,
     /// Directory of the embedded backend's data, relative to the configuration file's
-    /// directory. Default: `"./data"`. With `kind = "nats"`, pub/sub and leader election
-    /// still keep their data here.
+    /// directory. Default: `"./data"`. With `kind = "nats"`, pub/sub still keeps its data
+    /// here.
     #[serde(default = "defaults::data_dir")]
     pub data_dir: PathBuf,
     /// NATS server URLs (`nats://host:port` or `tls://host:port`), tried in turn. Required
@@ -399,8 +399,8 @@ pub enum BackendKind {
     /// In-process state and publish, persisted under `backend.data_dir`. The default.
     #[default]
     Embedded,
-    /// NATS JetStream (`backend.servers`): the event store. Pub/sub and leader election
-    /// still run on the embedded backend.
+    /// NATS JetStream (`backend.servers`): the event store and leader election. Pub/sub
+    /// still runs on the embedded backend.
     Nats,
 }
 

@@ -109,7 +109,10 @@ fn check_backend(backend: &crate::Backend, out: &mut Problems) {
             ];
             for (key, set) in nats_only {
                 if set {
-                    out.push(key, "only used with kind = \"nats\" (the backend is \"embedded\")");
+                    out.push(
+                        key,
+                        "only used with kind = \"nats\" (the backend is \"embedded\")",
+                    );
                 }
             }
         }
@@ -156,10 +159,7 @@ fn check_backend(backend: &crate::Backend, out: &mut Problems) {
             }
             if let Some(r) = backend.replicas {
                 if ![1, 3, 5].contains(&r) {
-                    out.push(
-                        "backend.replicas",
-                        format!("must be 1, 3 or 5 (got {r})"),
-                    );
+                    out.push("backend.replicas", format!("must be 1, 3 or 5 (got {r})"));
                 }
             }
         }

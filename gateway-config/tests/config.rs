@@ -335,7 +335,8 @@ fn nats_backend() {
     assert_eq!(config.backend.events_stream(), "ORDERS_EVENTS");
     assert_eq!(config.backend.replicas(), 3);
     // Defaults.
-    let config = parse("[backend]\nkind = \"nats\"\nservers = [\"nats://127.0.0.1:4222\"]\n").unwrap();
+    let config =
+        parse("[backend]\nkind = \"nats\"\nservers = [\"nats://127.0.0.1:4222\"]\n").unwrap();
     assert_eq!(config.backend.events_stream(), "FICUS_EVENTS");
     assert_eq!(config.backend.replicas(), 1);
     assert_eq!(config.backend.credentials, None);
@@ -345,7 +346,8 @@ fn nats_backend() {
 fn nats_backend_bad_inputs() {
     let e = error("[backend]\nkind = \"nats\"\n");
     assert_error(&e, "backend.servers", 1, "list at least one NATS server");
-    let e = error("[backend]\nkind = \"nats\"\nservers = [\"nats://a:4222\", \"127.0.0.1:4222\"]\n");
+    let e =
+        error("[backend]\nkind = \"nats\"\nservers = [\"nats://a:4222\", \"127.0.0.1:4222\"]\n");
     assert_error(
         &e,
         "backend.servers[1]",

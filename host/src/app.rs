@@ -57,6 +57,55 @@ pub fn elector_for(config: &Config) -> Arc<Elector> {
     ))
 }
 
+/// The elector `run` starts: [`elector_for`] on the embedded backend; with
+/// `[backend] kind = "nats"` the same election on leases in the JetStream
+/// key-value bucket `FICUS_LEADER` (`backend.replicas` copies) on
+/// `backend.servers`.
+pub async fn elector_to_run(config: &Config) -> anyhow::Result<Arc<Elector>> {
+    let backend = &config.backend;
+    if backend.kind != ficus_config::BackendKind::Nats {
+        return Ok(elector_for(config));
+    }
+    let mut connect = async_nats::ConnectOptions::new()
+        .name("ficus-leader")
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(creds) = &backend.credentials {
+        let path = config.resolve(creds);
+        connect = connect
+            .credentials_file(&path)
+            .await
+            .map_err(|e| anyhow!("backend.credentials {}: {e}", path.display()))?;
+    }
+    let client = connect
+        .connect(backend.servers.clone())
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "leader election ([backend] kind = \"nats\"): cannot connect to {}: {e}",
+                backend.servers.join(", ")
+            )
+        })?;
+    let version = client.server_info().version;
+    if backend.replicas() > 1 && !crate::capability::events::nats::safe_with_replicas(&version) {
+        return Err(anyhow!(
+            "leader election ([backend] kind = \"nats\"): nats-server {version} is too old for \
+             replicas = {}: replicated buckets need nats-server >= 2.10.8",
+            backend.replicas()
+        ));
+    }
+    let leases = crate::capability::leader::nats::NatsLeases::open(
+        client,
+        crate::capability::leader::nats::DEFAULT_BUCKET,
+        usize::from(backend.replicas()),
+    )
+    .await
+    .map_err(|e| anyhow!("leader election ([backend] kind = \"nats\"): {e}"))?;
+    Ok(Arc::new(Elector::new(
+        ElectorOptions::from_config(config),
+        Arc::new(leases),
+    )))
+}
+
 /// The event store, opened only when some plugin is granted `events`
 /// (processes that share a data directory for leader election need not
 /// share an event store): with `[backend] kind = "embedded"` the redb file
@@ -150,7 +199,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         }
     });
     let engine = Arc::new(engine_for(&config)?);
-    let elector = elector_for(&config);
+    let elector = elector_to_run(&config).await?;
     let broker = Arc::new(pubsub::broker::Broker::open(&config)?);
     let services = Services {
         leader: elector.clone(),

@@ -200,6 +200,12 @@ fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     ))
 }
 
+/// Whether a nats-server of version `version` (e.g. `2.10.27`) is safe with
+/// replicas > 1 (>= 2.10.8).
+pub fn safe_with_replicas(version: &str) -> bool {
+    parse_version(version).is_some_and(|v| v >= MIN_REPLICATED_VERSION)
+}
+
 /// One stored message: an append (events), a tombstone or the marker.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Record {
@@ -387,8 +393,7 @@ impl NatsEvents {
                 super::MAX_APPEND_BYTES
             );
         }
-        let recent = parse_version(&server_version).is_some_and(|v| v >= MIN_REPLICATED_VERSION);
-        if options.replicas > 1 && !recent {
+        if options.replicas > 1 && !safe_with_replicas(&server_version) {
             return Err(NatsOpenError::ServerTooOld {
                 version: server_version,
                 replicas: options.replicas,

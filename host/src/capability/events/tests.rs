@@ -1092,6 +1092,17 @@ fn nats_cluster_with_three_replicas_has_exactly_one_winner_per_version() {
 }
 
 #[test]
+fn replicas_need_nats_server_2_10_8() {
+    use super::nats::safe_with_replicas;
+    for ok in ["2.10.8", "2.10.27", "2.11.0", "v2.12.1", "3.0.0-beta"] {
+        assert!(safe_with_replicas(ok), "{ok}");
+    }
+    for old in ["2.9.10", "2.9.21", "2.10.7", "2.10", "1.4.1", "", "junk"] {
+        assert!(!safe_with_replicas(old), "{old}");
+    }
+}
+
+#[test]
 fn subject_tokens_are_safe_and_distinct() {
     use super::nats::subject_token;
     assert_eq!(subject_token("order-1_a"), "order-1_a");
