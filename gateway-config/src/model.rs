@@ -345,9 +345,43 @@ pub struct Backend {
     #[serde(default)]
     pub kind: BackendKind,
     /// Directory of the embedded backend's data, relative to the configuration file's
-    /// directory. Default: `"./data"`.
+    /// directory. Default: `"./data"`. With `kind = "nats"`, pub/sub still keeps its data
+    /// here.
     #[serde(default = "defaults::data_dir")]
     pub data_dir: PathBuf,
+    /// NATS server URLs (`nats://host:port` or `tls://host:port`), tried in turn. Required
+    /// (at least one) with `kind = "nats"`, refused otherwise. Default: `[]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// A NATS credentials file (JWT and nkey seed), relative to the configuration file's
+    /// directory. Only with `kind = "nats"`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+    /// The JetStream stream holding the event store (letters, digits, `-`, `_`). Only with
+    /// `kind = "nats"`. Default: `"FICUS_EVENTS"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_stream: Option<String>,
+    /// Copies of the JetStream stream: 1, 3 or 5 (replicas above 1 need a NATS cluster and
+    /// nats-server >= 2.10.8). Only with `kind = "nats"`. Default: `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u8>,
+}
+
+impl Backend {
+    /// Default of [`Backend::events_stream`].
+    pub const DEFAULT_EVENTS_STREAM: &'static str = "FICUS_EVENTS";
+
+    /// The event store's JetStream stream name (with its default).
+    pub fn events_stream(&self) -> &str {
+        self.events_stream
+            .as_deref()
+            .unwrap_or(Self::DEFAULT_EVENTS_STREAM)
+    }
+
+    /// The JetStream replicas (with its default).
+    pub fn replicas(&self) -> u8 {
+        self.replicas.unwrap_or(1)
+    }
 }
 
 impl Default for Backend {
@@ -355,6 +389,10 @@ impl Default for Backend {
         Self {
             kind: BackendKind::default(),
             data_dir: defaults::data_dir(),
+            servers: Vec::new(),
+            credentials: None,
+            events_stream: None,
+            replicas: None,
         }
     }
 }
@@ -366,16 +404,20 @@ pub enum BackendKind {
     /// In-process state and publish, persisted under `backend.data_dir`. The default.
     #[default]
     Embedded,
+    /// NATS JetStream (`backend.servers`): the event store and leader election. Pub/sub
+    /// still runs on the embedded backend.
+    Nats,
 }
 
 impl BackendKind {
     /// Every supported kind, in the order error messages list them.
-    pub const ALL: &'static [BackendKind] = &[BackendKind::Embedded];
+    pub const ALL: &'static [BackendKind] = &[BackendKind::Embedded, BackendKind::Nats];
 
     /// The kind's name as written in TOML.
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Embedded => "embedded",
+            BackendKind::Nats => "nats",
         }
     }
 }
@@ -387,7 +429,7 @@ impl fmt::Display for BackendKind {
 }
 
 /// Kinds that are planned but not implemented: named in a friendlier error.
-const FUTURE_BACKEND_KINDS: &[&str] = &["nats"];
+const FUTURE_BACKEND_KINDS: &[&str] = &[];
 
 impl<'de> Deserialize<'de> for BackendKind {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -81,9 +81,7 @@ impl Problems {
 fn problems(config: &Config) -> Vec<Problem> {
     let mut out = Problems::default();
     check_server(&config.server, &mut out);
-    if config.backend.data_dir.as_os_str().is_empty() {
-        out.push("backend.data_dir", "must not be empty");
-    }
+    check_backend(&config.backend, &mut out);
     for (name, plugin) in &config.plugins {
         check_plugin(name, plugin, &mut out);
     }
@@ -95,6 +93,78 @@ fn problems(config: &Config) -> Vec<Problem> {
     crate::subscriptions::check(config, &mut out);
     crate::projections::check(config, &mut out);
     out.0
+}
+
+fn check_backend(backend: &crate::Backend, out: &mut Problems) {
+    use crate::BackendKind;
+    if backend.data_dir.as_os_str().is_empty() {
+        out.push("backend.data_dir", "must not be empty");
+    }
+    match backend.kind {
+        BackendKind::Embedded => {
+            let nats_only = [
+                ("backend.servers", !backend.servers.is_empty()),
+                ("backend.credentials", backend.credentials.is_some()),
+                ("backend.events_stream", backend.events_stream.is_some()),
+                ("backend.replicas", backend.replicas.is_some()),
+            ];
+            for (key, set) in nats_only {
+                if set {
+                    out.push(
+                        key,
+                        "only used with kind = \"nats\" (the backend is \"embedded\")",
+                    );
+                }
+            }
+        }
+        BackendKind::Nats => {
+            if backend.servers.is_empty() {
+                out.push(
+                    "backend.servers",
+                    "list at least one NATS server (e.g. [\"nats://127.0.0.1:4222\"]) when kind = \"nats\"",
+                );
+            }
+            for (i, server) in backend.servers.iter().enumerate() {
+                let host = server
+                    .strip_prefix("nats://")
+                    .or_else(|| server.strip_prefix("tls://"));
+                match host {
+                    Some(rest) if !rest.is_empty() && !rest.contains(char::is_whitespace) => {}
+                    _ => out.push(
+                        format!("backend.servers[{i}]"),
+                        format!("{server:?} is not a NATS URL (expected nats://host:port or tls://host:port)"),
+                    ),
+                }
+            }
+            if backend
+                .credentials
+                .as_ref()
+                .is_some_and(|c| c.as_os_str().is_empty())
+            {
+                out.push("backend.credentials", "must not be empty");
+            }
+            if let Some(name) = &backend.events_stream {
+                let ok = !name.is_empty()
+                    && name.len() <= 255
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                if !ok {
+                    out.push(
+                        "backend.events_stream",
+                        format!(
+                            "{name:?} is not a JetStream stream name (1 to 255 letters, digits, `-` or `_`)"
+                        ),
+                    );
+                }
+            }
+            if let Some(r) = backend.replicas {
+                if ![1, 3, 5].contains(&r) {
+                    out.push("backend.replicas", format!("must be 1, 3 or 5 (got {r})"));
+                }
+            }
+        }
+    }
 }
 
 fn check_server(server: &Server, out: &mut Problems) {

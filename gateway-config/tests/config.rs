@@ -309,21 +309,77 @@ fn bad_enum_value() {
 }
 
 #[test]
-fn unsupported_backend_kind() {
-    let e = error("[backend]\nkind = \"nats\"\n");
-    assert_error(
-        &e,
-        "backend.kind",
-        2,
-        "backend kind \"nats\" is not supported yet (expected: embedded)",
-    );
+fn unknown_backend_kind() {
     let e = error("[backend]\nkind = \"redis\"\n");
     assert_error(
         &e,
         "backend.kind",
         2,
-        "unknown backend kind \"redis\" (expected: embedded)",
+        "unknown backend kind \"redis\" (expected: embedded, nats)",
     );
+}
+
+#[test]
+fn nats_backend() {
+    let config = parse(
+        "[backend]\nkind = \"nats\"\nservers = [\"nats://127.0.0.1:4222\", \"tls://nats.example:4222\"]\n\
+         credentials = \"ficus.creds\"\nevents_stream = \"ORDERS_EVENTS\"\nreplicas = 3\n",
+    )
+    .unwrap();
+    assert_eq!(config.backend.kind, BackendKind::Nats);
+    assert_eq!(config.backend.servers.len(), 2);
+    assert_eq!(
+        config.backend.credentials.as_deref(),
+        Some(Path::new("ficus.creds"))
+    );
+    assert_eq!(config.backend.events_stream(), "ORDERS_EVENTS");
+    assert_eq!(config.backend.replicas(), 3);
+    // Defaults.
+    let config =
+        parse("[backend]\nkind = \"nats\"\nservers = [\"nats://127.0.0.1:4222\"]\n").unwrap();
+    assert_eq!(config.backend.events_stream(), "FICUS_EVENTS");
+    assert_eq!(config.backend.replicas(), 1);
+    assert_eq!(config.backend.credentials, None);
+}
+
+#[test]
+fn nats_backend_bad_inputs() {
+    let e = error("[backend]\nkind = \"nats\"\n");
+    assert_error(&e, "backend.servers", 1, "list at least one NATS server");
+    let e =
+        error("[backend]\nkind = \"nats\"\nservers = [\"nats://a:4222\", \"127.0.0.1:4222\"]\n");
+    assert_error(
+        &e,
+        "backend.servers[1]",
+        3,
+        "\"127.0.0.1:4222\" is not a NATS URL (expected nats://host:port or tls://host:port)",
+    );
+    let e = error("[backend]\nkind = \"nats\"\nservers = [\"nats://a:4222\"]\nreplicas = 2\n");
+    assert_error(&e, "backend.replicas", 4, "must be 1, 3 or 5 (got 2)");
+    let e = error(
+        "[backend]\nkind = \"nats\"\nservers = [\"nats://a:4222\"]\nevents_stream = \"my.events\"\n",
+    );
+    assert_error(
+        &e,
+        "backend.events_stream",
+        4,
+        "\"my.events\" is not a JetStream stream name",
+    );
+    let e = error("[backend]\nkind = \"nats\"\nservers = \"nats://a:4222\"\n");
+    assert_error(&e, "backend.servers", 3, "invalid type");
+    let e = error("[backend]\nkind = \"nats\"\nservers = [\"nats://a:4222\"]\nreplica = 3\n");
+    assert!(e.message.contains("unknown field `replica`"), "{e}");
+    // NATS keys on the embedded backend.
+    let e = error("[backend]\nservers = [\"nats://a:4222\"]\n");
+    assert_error(
+        &e,
+        "backend.servers",
+        2,
+        "only used with kind = \"nats\" (the backend is \"embedded\")",
+    );
+    let all = errors("[backend]\nreplicas = 3\nevents_stream = \"X\"\n");
+    let keys: Vec<&str> = all.iter().map(|e| e.key_path.as_str()).collect();
+    assert_eq!(keys, ["backend.replicas", "backend.events_stream"]);
 }
 
 #[test]

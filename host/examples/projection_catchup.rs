@@ -81,7 +81,7 @@ async fn run(dir: &Path, batch: usize, target: u64) -> (f64, u64) {
     let config = config(dir, batch);
     let engine = ficus::plugin::engine::PluginEngine::new(&Default::default()).expect("engine");
     let elector = elector_for(&config);
-    let events = events_for(&config).expect("events").expect("opened");
+    let events = events_for(&config).await.expect("events").expect("opened");
     let models = read_models_for(&config).expect("models").expect("opened");
     let services = Services {
         leader: elector.clone(),
@@ -122,6 +122,7 @@ fn main() {
     rt.block_on(async {
         let dir = scratch();
         let events = events_for(&config(&dir, 1))
+            .await
             .expect("events")
             .expect("opened");
         let filled = Instant::now();

@@ -59,13 +59,64 @@ pub fn elector_for(config: &Config) -> Arc<Elector> {
     ))
 }
 
-/// The embedded event store at `<backend.data_dir>/events.redb`, opened
-/// only when some plugin is granted `events` or some projection is
-/// configured (processes that share a data
-/// directory for leader election need not share an event store).
-pub fn events_for(
+/// The elector `run` starts: [`elector_for`] on the embedded backend; with
+/// `[backend] kind = "nats"` the same election on leases in the JetStream
+/// key-value bucket `FICUS_LEADER` (`backend.replicas` copies) on
+/// `backend.servers`.
+pub async fn elector_to_run(config: &Config) -> anyhow::Result<Arc<Elector>> {
+    let backend = &config.backend;
+    if backend.kind != ficus_config::BackendKind::Nats {
+        return Ok(elector_for(config));
+    }
+    let mut connect = async_nats::ConnectOptions::new()
+        .name("ficus-leader")
+        .connection_timeout(Duration::from_secs(5));
+    if let Some(creds) = &backend.credentials {
+        let path = config.resolve(creds);
+        connect = connect
+            .credentials_file(&path)
+            .await
+            .map_err(|e| anyhow!("backend.credentials {}: {e}", path.display()))?;
+    }
+    let client = connect
+        .connect(backend.servers.clone())
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "leader election ([backend] kind = \"nats\"): cannot connect to {}: {e}",
+                backend.servers.join(", ")
+            )
+        })?;
+    let version = client.server_info().version;
+    if backend.replicas() > 1 && !crate::capability::events::nats::safe_with_replicas(&version) {
+        return Err(anyhow!(
+            "leader election ([backend] kind = \"nats\"): nats-server {version} is too old for \
+             replicas = {}: replicated buckets need nats-server >= 2.10.8",
+            backend.replicas()
+        ));
+    }
+    let leases = crate::capability::leader::nats::NatsLeases::open(
+        client,
+        crate::capability::leader::nats::DEFAULT_BUCKET,
+        usize::from(backend.replicas()),
+    )
+    .await
+    .map_err(|e| anyhow!("leader election ([backend] kind = \"nats\"): {e}"))?;
+    Ok(Arc::new(Elector::new(
+        ElectorOptions::from_config(config),
+        Arc::new(leases),
+    )))
+}
+
+/// The event store, opened only when some plugin is granted `events` or
+/// some projection is configured (processes that share a data directory
+/// for leader election need not share an event store): with `[backend] kind = "embedded"` the redb file
+/// `<backend.data_dir>/events.redb`, with `kind = "nats"` the JetStream
+/// stream `backend.events_stream` on `backend.servers`.
+pub async fn events_for(
     config: &Config,
 ) -> anyhow::Result<Option<Arc<dyn crate::capability::events::EventStore>>> {
+    use crate::capability::events::{embedded::EmbeddedEvents, nats};
     let wanted = !config.projections.is_empty()
         || config
             .plugins
@@ -74,10 +125,33 @@ pub fn events_for(
     if !wanted {
         return Ok(None);
     }
-    let path = config.resolve(&config.backend.data_dir).join("events.redb");
-    let store = crate::capability::events::embedded::EmbeddedEvents::open(&path)
-        .map_err(|e| anyhow!("the event store (backend.data_dir): {e}"))?;
-    Ok(Some(Arc::new(store)))
+    let backend = &config.backend;
+    match backend.kind {
+        ficus_config::BackendKind::Embedded => {
+            let path = config.resolve(&backend.data_dir).join("events.redb");
+            let store = EmbeddedEvents::open(&path)
+                .map_err(|e| anyhow!("the event store (backend.data_dir): {e}"))?;
+            Ok(Some(Arc::new(store)))
+        }
+        ficus_config::BackendKind::Nats => {
+            let options = nats::NatsEventsOptions {
+                credentials: backend.credentials.as_ref().map(|c| config.resolve(c)),
+                stream: backend.events_stream().to_owned(),
+                replicas: usize::from(backend.replicas()),
+                ..nats::NatsEventsOptions::new(backend.servers.clone())
+            };
+            let store = nats::NatsEvents::open(options)
+                .await
+                .map_err(|e| anyhow!("the event store ([backend] kind = \"nats\"): {e}"))?;
+            tracing::info!(
+                servers = %backend.servers.join(", "),
+                stream = backend.events_stream(),
+                server_version = store.server_version(),
+                "event store on NATS JetStream"
+            );
+            Ok(Some(Arc::new(store)))
+        }
+    }
 }
 
 /// The embedded read models at `<backend.data_dir>/readmodels.redb`, opened
@@ -154,12 +228,12 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         }
     });
     let engine = Arc::new(engine_for(&config)?);
-    let elector = elector_for(&config);
+    let elector = elector_to_run(&config).await?;
     let broker = Arc::new(pubsub::broker::Broker::open(&config)?);
     let services = Services {
         leader: elector.clone(),
         pubsub: broker.clone(),
-        events: events_for(&config)?,
+        events: events_for(&config).await?,
         read_models: read_models_for(&config)?,
         ..services_for(&config)
     };

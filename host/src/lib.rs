@@ -19,5 +19,8 @@ pub mod server;
 pub mod storage;
 pub mod upstream;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 /// Directory holding the plugins built from `plugins/` by the build script.
 pub const WASM_DIR: &str = env!("FICUS_WASM_DIR");

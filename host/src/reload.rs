@@ -100,6 +100,20 @@ impl Fixed {
                 s.max_plugin_instances.to_string(),
             ),
             ("backend.kind", c.backend.kind.as_str().to_string()),
+            ("backend.servers", c.backend.servers.join(", ")),
+            (
+                "backend.credentials",
+                c.backend
+                    .credentials
+                    .as_ref()
+                    .map(|p| c.resolve(p).display().to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "backend.events_stream",
+                c.backend.events_stream().to_string(),
+            ),
+            ("backend.replicas", c.backend.replicas().to_string()),
             (
                 "backend.data_dir",
                 c.resolve(&c.backend.data_dir).display().to_string(),

@@ -12,6 +12,11 @@ use std::time::Duration;
 pub(crate) const FIXTURES: [&str; 1] = ["orders-command.wasm"];
 
 fn cfg(data: &Path, grants: &str) -> Cfg {
+    cfg_on(data, grants, "")
+}
+
+/// `backend`: extra `[backend]` keys (e.g. the NATS backend's).
+fn cfg_on(data: &Path, grants: &str, backend: &str) -> Cfg {
     let source = Path::new(ficus::WASM_DIR).join("orders-command.wasm");
     Cfg::new()
         .plugin_source(
@@ -20,7 +25,7 @@ fn cfg(data: &Path, grants: &str) -> Cfg {
             &format!("grants = [{grants}]\ntimeout_ms = 5000"),
         )
         .toml(&format!(
-            "[backend]\ndata_dir = {:?}\n\n[[routes]]\nname = \"orders\"\n\
+            "[backend]\ndata_dir = {:?}\n{backend}\n[[routes]]\nname = \"orders\"\n\
              match = {{ path_prefix = \"/orders\" }}\nhandler = \"orders\"\n",
             data.to_string_lossy()
         ))
@@ -465,4 +470,68 @@ async fn every_acknowledged_append_survives_kill_9_without_gaps() {
         stored.len()
     );
     gw.terminate();
+}
+
+/// `[backend] kind = "nats"`: two gateways (separate data directories, as on two machines)
+/// share one event store on a real nats-server. Each sees the other's events, and concurrent
+/// commands on one order through both gateways have exactly one winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_an_event_store_on_nats() {
+    let nats = crate::nats_server::NatsServer::start();
+    let backend = format!("kind = \"nats\"\nservers = [{:?}]\n", nats.url);
+    let (d1, d2) = (TempDir::new("cqrs-nats-1"), TempDir::new("cqrs-nats-2"));
+    let gw1: &'static Gateway = Box::leak(Box::new(Gateway::start(&cfg_on(
+        d1.path(),
+        "\"events\"",
+        &backend,
+    ))));
+    let gw2: &'static Gateway = Box::leak(Box::new(Gateway::start(&cfg_on(
+        d2.path(),
+        "\"events\"",
+        &backend,
+    ))));
+    let (s, b) = command(gw1, "/orders/n/place", r#"{"customer":"c","total":7}"#).await;
+    assert_eq!((s, b["version"].as_u64()), (200, Some(1)), "{b}");
+    let (s, b) = command(gw2, "/orders/n/pay", r#"{"amount":7}"#).await;
+    assert_eq!((s, b["version"].as_u64()), (200, Some(2)), "{b}");
+    let (s, b) = command(gw1, "/orders/n/pay", r#"{"amount":7}"#).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (409, Some("the order is already paid")),
+        "{b}"
+    );
+    let mut total_wins = 0;
+    for round in 0..3 {
+        let id = format!("nats-race-{round}");
+        let (s, b) = command(
+            gw2,
+            &format!("/orders/{id}/place"),
+            r#"{"customer":"c","total":1}"#,
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let gw = if i % 2 == 0 { gw1 } else { gw2 };
+                let path = format!("/orders/{id}/cancel");
+                let body = format!(r#"{{"reason":"r{i}"}}"#);
+                tokio::spawn(async move { command(gw, &path, &body).await })
+            })
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            let (s, b) = t.await.expect("task");
+            match s {
+                200 => wins += 1,
+                409 => {}
+                other => panic!("unexpected {other}: {b}"),
+            }
+        }
+        assert_eq!(wins, 1, "round {round}");
+        total_wins += wins;
+    }
+    println!("two gateways on NATS: {total_wins} winners in 3 rounds of 8 concurrent cancels");
+    gw1.terminate();
+    gw2.terminate();
+    drop(nats);
 }

@@ -42,6 +42,11 @@ fn fixture(file: &str) -> String {
 /// A node's config: shared data dir, its own id, the `leader-probe` filter on every request,
 /// and `extra` TOML (ticks).
 fn node_cfg(data: &Path, id: &str, extra: &str) -> Cfg {
+    node_cfg_on(data, id, extra, "")
+}
+
+/// [`node_cfg`] with extra `[backend]` keys.
+fn node_cfg_on(data: &Path, id: &str, extra: &str, backend: &str) -> Cfg {
     Cfg::new()
         .plugin_source(
             "probe",
@@ -55,7 +60,7 @@ fn node_cfg(data: &Path, id: &str, extra: &str) -> Cfg {
         )
         .upstream("nowhere", &[dead_endpoint()], "")
         .toml(&format!(
-            "[backend]\ndata_dir = {:?}\n[leader]\nnode_id = {id:?}\n{LEADER}\n\
+            "[backend]\ndata_dir = {:?}\n{backend}\n[leader]\nnode_id = {id:?}\n{LEADER}\n\
              [[routes]]\nupstream = \"nowhere\"\npipeline = [{{ plugin = \"probe\" }}]\n{extra}",
             data.to_string_lossy()
         ))
@@ -76,6 +81,26 @@ impl Cluster {
                     data.path(),
                     &format!("n{i}"),
                     extra,
+                )))
+            })
+            .collect();
+        Cluster { nodes, _data: data }
+    }
+
+    /// Three nodes on `[backend] kind = "nats"` with `servers`: each its own data directory
+    /// (as on three machines), leases in the NATS KV bucket with `replicas` copies.
+    fn start_on_nats(servers: &[String], replicas: u8) -> Cluster {
+        let data = TempDir::new("leader-nats");
+        let backend = format!("kind = \"nats\"\nservers = {servers:?}\nreplicas = {replicas}\n");
+        let nodes = (0..3)
+            .map(|i| {
+                let dir = data.path().join(format!("n{i}"));
+                std::fs::create_dir_all(&dir).expect("node data dir");
+                Some(Gateway::start(&node_cfg_on(
+                    &dir,
+                    &format!("n{i}"),
+                    "",
+                    &backend,
                 )))
             })
             .collect();
@@ -622,4 +647,39 @@ async fn election_and_tick_changes_need_a_restart() {
     }
     // Still leading and ticking as before.
     assert_eq!(group(&gw).await["role"], "leader");
+}
+
+/// `[backend] kind = "nats"`: three `ficus` nodes (separate data directories) and a 3-node
+/// NATS cluster (lease bucket with 3 replicas). Exactly one leader, all agree; kill -9 of the
+/// leader node → a new leader within the lease TTL + 1 s with a higher term.
+#[tokio::test]
+async fn on_nats_one_leader_then_failover_after_kill_9_within_the_ttl() {
+    let nats = crate::nats_server::NatsServer::cluster(3);
+    let servers: Vec<String> = nats.iter().map(|s| s.url.clone()).collect();
+    let mut cluster = Cluster::start_on_nats(&servers, 3);
+    let (leader, term) = agreed_leader(&cluster, &[0, 1, 2], WAIT).await;
+    for i in 0..3 {
+        let (id, t, is_self) = probe(cluster.node(i)).await;
+        assert_eq!(
+            (id, t, is_self),
+            (format!("n{leader}"), term, i == leader),
+            "probe on n{i}"
+        );
+    }
+    let killed = Instant::now();
+    cluster.kill9(leader).await;
+    let survivors = cluster.alive();
+    let (next, next_term, _) = new_leader(&cluster, &survivors, term).await;
+    let failover = killed.elapsed();
+    println!(
+        "NATS KV leases, 3-node NATS cluster (R3): leader failover after kill -9: {} ms \
+         (lease TTL {TTL_MS} ms, retry 250 ms), term {term} -> {next_term}",
+        failover.as_millis()
+    );
+    assert!(
+        failover <= Duration::from_millis(TTL_MS + 1000),
+        "failover took {failover:?}"
+    );
+    let (agreed, agreed_term) = agreed_leader(&cluster, &survivors, WAIT).await;
+    assert_eq!((agreed, agreed_term), (next, next_term));
 }

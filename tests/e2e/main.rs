@@ -7,6 +7,10 @@
 
 mod support;
 
+/// Real nats-server processes (the host's test harness, shared by path).
+#[path = "../../host/src/testing/nats_server.rs"]
+mod nats_server;
+
 mod ambassador;
 mod breaker;
 mod config;

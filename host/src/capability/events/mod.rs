@@ -4,17 +4,20 @@
 //! catch up from a position and then follow live appends.
 //!
 //! Plugins reach it through WIT; the host dispatches to an [`EventStore`].
-//! The trait is async and fallible, and its semantics map onto NATS
-//! JetStream (one stream with subjects `events.<stream>`: the global position
-//! is the JetStream sequence, the expected version check is
-//! `Nats-Expected-Last-Subject-Sequence`, idempotency is `Nats-Msg-Id`), so a
-//! networked backend can be added without changing plugins or WIT.
+//! The trait is async and fallible. Two backends implement it:
+//! [`embedded::EmbeddedEvents`] (redb, one process) and [`nats::NatsEvents`]
+//! (NATS JetStream, shared by several gateway nodes: one stream with subjects
+//! `events.<stream>`, one message per append, the expected version check is
+//! `Nats-Expected-Last-Subject-Sequence`, idempotency is `Nats-Msg-Id`; see
+//! that module for the mapping and where it differs). Plugins and WIT do not
+//! see which one runs; the behavioural tests run against both.
 //!
 //! Numbering: a stream's first event has version 1 (a stream that does not
 //! exist is at version 0), and the first event in the store has global
 //! position 1.
 
 pub mod embedded;
+pub mod nats;
 
 use std::time::Duration;
 

@@ -4,15 +4,16 @@
 //! * [`LeaseBackend`] is what an election runs on: campaign, renew, resign
 //!   and observe a lease with a term (the fencing token). The embedded
 //!   backend ([`file::FileLeases`]) keeps leases in files shared by the
-//!   processes of one machine; a NATS KV backend fits the same trait
-//!   (campaign = create-if-absent or compare-and-set on the key's revision,
-//!   with the revision as the term).
+//!   processes of one machine; [`nats::NatsLeases`] keeps them in a NATS
+//!   JetStream key-value bucket (campaign = create-if-absent or
+//!   compare-and-set on the key's revision, term = stored term + 1).
 //! * [`elector::Elector`] runs one election loop per group, publishes this
 //!   node's view ([`LeaderView`], read synchronously on the request path),
 //!   counts elections and leadership changes, and resigns on shutdown.
 
 pub mod elector;
 pub mod file;
+pub mod nats;
 
 pub use elector::{Elector, ElectorOptions};
 

@@ -1,0 +1,4 @@
+//! Test support shared by the host's unit tests (and, by `#[path]`, by
+//! `tests/e2e`).
+
+pub(crate) mod nats_server;

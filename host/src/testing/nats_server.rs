@@ -1,0 +1,243 @@
+//! Real `nats-server` processes for tests: a single JetStream node or a
+//! 3-node JetStream cluster, on free loopback ports, with their store in a
+//! temporary directory, killed (and their directory removed) on drop.
+//!
+//! The binary is found through `FICUS_NATS_SERVER`, else
+//! `target/nats/bin/nats-server` (installed by `scripts/nats-server`), else
+//! `PATH`. A missing binary fails the test, it never skips it.
+//!
+//! This file depends on `std` only: host unit tests use it as
+//! `crate::testing::nats_server`, and `tests/e2e` includes the same file with
+//! `#[path]`, so there is one copy.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a server (or cluster) may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `nats-server` binary to run: `FICUS_NATS_SERVER`, else
+/// `target/nats/bin/nats-server`, else the one on `PATH`. Panics with what to
+/// do when there is none.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FICUS_NATS_SERVER").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "FICUS_NATS_SERVER={} is not a file; run scripts/nats-server to install a nats-server",
+            path.display()
+        );
+        return path;
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target/nats/bin/nats-server");
+    if local.is_file() {
+        return local;
+    }
+    if let Some(dirs) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&dirs) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "no nats-server found (FICUS_NATS_SERVER, {}, PATH): run scripts/nats-server to install \
+         one (the NATS backend's tests need a real server >= 2.10.8)",
+        local.display()
+    );
+}
+
+/// A free loopback port (bound then released: another process may take it
+/// in between, which a test then reports as a failed start).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn scratch_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ficus-nats-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("nats scratch dir");
+    dir
+}
+
+/// One running `nats-server -js`.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Client URL, `nats://127.0.0.1:<port>`.
+    pub url: String,
+    /// Client port.
+    pub port: u16,
+    /// Monitoring port (`/healthz`).
+    pub http_port: u16,
+    /// Its directory: config, JetStream store and log.
+    pub dir: PathBuf,
+    config: PathBuf,
+}
+
+impl NatsServer {
+    /// Start a single JetStream node and wait until it is ready.
+    pub fn start() -> NatsServer {
+        let mut server = NatsServer::spawn("n1", None);
+        server.wait_ready(Instant::now() + READY_TIMEOUT);
+        server
+    }
+
+    /// Start `nodes` clustered JetStream nodes (routes on free loopback
+    /// ports) and wait until every one is ready (a JetStream meta leader is
+    /// elected), so that streams can have `nodes` replicas.
+    pub fn cluster(nodes: usize) -> Vec<NatsServer> {
+        let route_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let routes: Vec<String> = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let mut servers: Vec<NatsServer> = route_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                NatsServer::spawn(
+                    &format!("n{}", i + 1),
+                    Some(format!(
+                        "cluster {{\n  name: ficus-test\n  listen: 127.0.0.1:{port}\n  routes: [{}]\n}}\n",
+                        routes.join(", ")
+                    )),
+                )
+            })
+            .collect();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for s in &mut servers {
+            s.wait_ready(deadline);
+        }
+        servers
+    }
+
+    fn spawn(name: &str, cluster: Option<String>) -> NatsServer {
+        let dir = scratch_dir();
+        let port = free_port();
+        let http_port = free_port();
+        let config = dir.join("nats.conf");
+        let store = dir.join("js");
+        let text = format!(
+            "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http_port}\n\
+             max_payload: 8MB\n\
+             jetstream {{\n  store_dir: {store:?}\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}}\n{}",
+            cluster.unwrap_or_default()
+        );
+        std::fs::write(&config, text).expect("write nats.conf");
+        let mut server = NatsServer {
+            child: None,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            http_port,
+            dir,
+            config,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("nats.log"))
+            .expect("nats.log");
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("nats.log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary().display()));
+        self.child = Some(child);
+    }
+
+    /// The server's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
+    }
+
+    /// Wait until `/healthz` says the server (and JetStream) is ready.
+    fn wait_ready(&mut self, deadline: Instant) {
+        loop {
+            if self.healthy() {
+                return;
+            }
+            if let Some(child) = &mut self.child {
+                // Exited already: say why.
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "nats-server exited ({status}) at start; its log:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server on port {} not ready after {READY_TIMEOUT:?}; its log:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.http_port).into();
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200")
+    }
+
+    /// Kill the server now (SIGKILL), keeping its store for a restart.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start the server again (same ports, same store) after [`kill`], and
+    /// wait until it is ready.
+    ///
+    /// [`kill`]: NatsServer::kill
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+        self.wait_ready(Instant::now() + READY_TIMEOUT);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
