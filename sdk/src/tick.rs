@@ -19,7 +19,10 @@
 //!
 //! A tick plugin imports the same host interfaces as a filter ([`log`](crate::log),
 //! [`metrics`](crate::metrics), [`state`](crate::state), [`leader`](crate::leader)),
-//! each needing its grant.
+//! and the event store ([`events`](crate::events)), each needing its grant.
+//! A tick's appends are *fenced*: the host checks the tick's term against the
+//! election backend right before writing, so a leader that was paused past its
+//! lease and deposed gets `Error::Invalid("fenced: …")` instead of writing.
 
 use std::cell::RefCell;
 use std::thread::LocalKey;
@@ -41,7 +44,8 @@ pub mod wit {
             "ficus:gateway/state@0.1.0": crate::wit::ficus::gateway::state,
             "ficus:gateway/pubsub@0.1.0": crate::wit::ficus::gateway::pubsub,
             "ficus:gateway/leader@0.1.0": crate::wit::ficus::gateway::leader,
-            "ficus:gateway/background-types@0.1.0": generate,
+            "ficus:gateway/background-types@0.1.0": crate::events::wit::ficus::gateway::background_types,
+            "ficus:gateway/events@0.1.0": crate::events::wit::ficus::gateway::events,
         },
     });
 }
@@ -49,7 +53,7 @@ pub mod wit {
 /// When and for whom a tick runs: the election group, this node's term as
 /// its leader (the fencing token: tag writes with it) and when the tick was
 /// due, in milliseconds since the Unix epoch.
-pub use wit::ficus::gateway::background_types::TickInfo;
+pub use crate::events::wit::ficus::gateway::background_types::TickInfo;
 
 /// A tick plugin: what a plugin author implements.
 ///

@@ -47,17 +47,20 @@ fn node_cfg(data: &Path, id: &str, extra: &str) -> Cfg {
 
 /// [`node_cfg`] with extra `[backend]` keys.
 fn node_cfg_on(data: &Path, id: &str, extra: &str, backend: &str) -> Cfg {
+    // The tick counter appends to the event store only on NATS (embedded nodes share one data
+    // directory, and an embedded event store belongs to one process).
+    let counter = if backend.is_empty() {
+        r#"grants = ["log", "metrics", "leader"]"#
+    } else {
+        "grants = [\"log\", \"metrics\", \"leader\", \"events\"]\ntimeout_ms = 5000"
+    };
     Cfg::new()
         .plugin_source(
             "probe",
             &fixture("leader-probe.wasm"),
             r#"grants = ["leader"]"#,
         )
-        .plugin_source(
-            "counter",
-            &fixture("tick-counter.wasm"),
-            r#"grants = ["log", "metrics", "leader"]"#,
-        )
+        .plugin_source("counter", &fixture("tick-counter.wasm"), counter)
         .upstream("nowhere", &[dead_endpoint()], "")
         .toml(&format!(
             "[backend]\ndata_dir = {:?}\n{backend}\n[leader]\nnode_id = {id:?}\n{LEADER}\n\
@@ -89,7 +92,7 @@ impl Cluster {
 
     /// Three nodes on `[backend] kind = "nats"` with `servers`: each its own data directory
     /// (as on three machines), leases in the NATS KV bucket with `replicas` copies.
-    fn start_on_nats(servers: &[String], replicas: u8) -> Cluster {
+    fn start_on_nats(servers: &[String], replicas: u8, extra: &str) -> Cluster {
         let data = TempDir::new("leader-nats");
         let backend = format!("kind = \"nats\"\nservers = {servers:?}\nreplicas = {replicas}\n");
         let nodes = (0..3)
@@ -99,7 +102,7 @@ impl Cluster {
                 Some(Gateway::start(&node_cfg_on(
                     &dir,
                     &format!("n{i}"),
-                    "",
+                    extra,
                     &backend,
                 )))
             })
@@ -656,7 +659,7 @@ async fn election_and_tick_changes_need_a_restart() {
 async fn on_nats_one_leader_then_failover_after_kill_9_within_the_ttl() {
     let nats = crate::nats_server::NatsServer::cluster(3);
     let servers: Vec<String> = nats.iter().map(|s| s.url.clone()).collect();
-    let mut cluster = Cluster::start_on_nats(&servers, 3);
+    let mut cluster = Cluster::start_on_nats(&servers, 3, "");
     let (leader, term) = agreed_leader(&cluster, &[0, 1, 2], WAIT).await;
     for i in 0..3 {
         let (id, t, is_self) = probe(cluster.node(i)).await;
@@ -682,4 +685,109 @@ async fn on_nats_one_leader_then_failover_after_kill_9_within_the_ttl() {
     );
     let (agreed, agreed_term) = agreed_leader(&cluster, &survivors, WAIT).await;
     assert_eq!((agreed, agreed_term), (next, next_term));
+}
+
+/// `[backend] kind = "nats"`, three `ficus` nodes on a 3-node NATS cluster (R3): the leader
+/// runs a tick that appends a `Tick` event carrying its term, after a long computation. It is
+/// stopped (SIGSTOP) mid-tick, past its lease: another node takes over with a higher term.
+/// Once continued, the deposed leader steps down, and the append its interrupted tick then
+/// makes is refused by the event store: its term no longer holds the lease (fencing). The
+/// stream's terms never go back.
+#[tokio::test]
+async fn on_nats_a_stopped_leader_steps_down_and_its_late_append_is_fenced() {
+    let nats = crate::nats_server::NatsServer::cluster(3);
+    let servers: Vec<String> = nats.iter().map(|s| s.url.clone()).collect();
+    // ~0.1-0.5 s of computation per tick: the process is nearly always inside one.
+    let ticks = "[[ticks]]\nname = \"append\"\nplugin = \"counter\"\nevery = \"100ms\"\n\
+                 config = { append_stream = \"ticks\", busy_iterations = 200000000 }\n";
+    let cluster = Cluster::start_on_nats(&servers, 3, ticks);
+    let (leader, term) = agreed_leader(&cluster, &[0, 1, 2], WAIT).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let old = cluster.node(leader);
+    // Its first tick has appended; the next one is computing.
+    let deadline = Instant::now() + WAIT;
+    while stream_terms(old).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the leader never appended a tick"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let runs_before = old.stderr().matches("tick run").count();
+    while old.stderr().matches("tick run").count() == runs_before {
+        assert!(Instant::now() < deadline, "the leader stopped ticking");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(old, "STOP");
+    let (next, next_term, waited) = new_leader(&cluster, &others, term).await;
+    println!(
+        "NATS (R3) leader failover after SIGSTOP mid-tick: {} ms, term {term} -> {next_term}",
+        waited.as_millis()
+    );
+    assert!(
+        waited <= Duration::from_millis(TTL_MS + 1000),
+        "took {waited:?}"
+    );
+    // The new leader appends under its term.
+    let deadline = Instant::now() + WAIT;
+    while !stream_terms(cluster.node(next)).await.contains(&next_term) {
+        assert!(Instant::now() < deadline, "the new leader never appended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log_before = old.stderr().len();
+    signal(old, "CONT");
+    let refused = old
+        .wait_for_log("the deposed leader's late append refused", |e| {
+            e.contains("tick append refused")
+        })
+        .await;
+    assert!(refused.contains(&format!("term={term}")), "{refused}");
+    assert!(refused.contains("fenced"), "{refused}");
+    let v = group(old).await;
+    assert_eq!(v["role"], "follower", "{v}");
+    // No append of the old term after the new term's first one; the old leader never ticks again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let terms = stream_terms(cluster.node(next)).await;
+    assert!(
+        terms.windows(2).all(|w| w[0] <= w[1]),
+        "terms go back in the stream: {terms:?}"
+    );
+    assert!(
+        terms.contains(&term) && terms.contains(&next_term),
+        "{terms:?}"
+    );
+    let after = &old.stderr()[log_before..];
+    assert_eq!(
+        after.matches("tick run").count(),
+        0,
+        "the deposed leader ran another tick:\n{after}"
+    );
+    let m = old.metrics().await;
+    assert!(
+        metric(&m, "ficus_events_fenced_total", &[("group", "default")]).unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    println!(
+        "fenced: {} Tick events in order of terms {:?}",
+        terms.len(),
+        terms.iter().collect::<std::collections::BTreeSet<_>>()
+    );
+}
+
+/// The term of every `Tick` event of stream `ticks`, in stream order (empty before the first).
+async fn stream_terms(gw: &Gateway) -> Vec<u64> {
+    let r = gw.admin_get("/admin/streams/ticks").send().await;
+    if r.status == 404 {
+        return Vec::new();
+    }
+    let v = r.json();
+    v["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|e| e["data"]["term"].as_u64().expect("a Tick event's term"))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -49,8 +49,9 @@ pub mod subscriber_world {
 }
 
 /// Bindings of the `tick` world: the host interfaces are the filter world's
-/// (so [`PluginCtx`](super::ctx::PluginCtx)'s implementations and the
-/// capability linker serve both), the export is `tick-hooks`.
+/// and `events` the handler world's (so [`PluginCtx`](super::ctx::PluginCtx)'s
+/// implementations and the capability linker serve all), the export is
+/// `tick-hooks`.
 pub mod tick_world {
     wasmtime::component::bindgen!({
         world: "tick",
@@ -63,10 +64,12 @@ pub mod tick_world {
             "ficus:gateway/state": super::ficus::gateway::state,
             "ficus:gateway/pubsub": super::ficus::gateway::pubsub,
             "ficus:gateway/leader": super::ficus::gateway::leader,
+            "ficus:gateway/background-types": super::handler_world::ficus::gateway::background_types,
+            "ficus:gateway/events": super::handler_world::ficus::gateway::events,
         },
     });
 
-    pub use self::ficus::gateway::background_types::TickInfo;
+    pub use super::handler_world::ficus::gateway::background_types::TickInfo;
 }
 
 /// Bindings of the `handler` world: the Ficus interfaces a `wasi:http`

@@ -122,6 +122,9 @@ pub struct PluginCtx {
     pub(crate) http_hooks: DenyOutbound,
     /// A projection's model and uncommitted writes (projections only).
     pub(crate) projection: Option<Box<ProjectionScope>>,
+    /// The leadership a tick call runs under: its appends are fenced with
+    /// it (ticks only).
+    pub(crate) fence: Option<crate::capability::events::fence::Fence>,
 }
 
 /// What a projection instance writes to: its model, the generation being
@@ -214,6 +217,7 @@ pub fn new_store(
         http: WasiHttpCtx::new(),
         http_hooks: DenyOutbound,
         projection: None,
+        fence: None,
     };
     let mut store = Store::new(engine, ctx);
     store.limiter(|c| &mut c.limiter);
@@ -764,6 +768,7 @@ mod events_host {
             EventsError::TooLarge(m) => wit::Error::TooLarge(m),
             EventsError::Invalid(m) => wit::Error::Invalid(m),
             EventsError::Unavailable(m) => wit::Error::Unavailable(m),
+            fenced @ EventsError::Fenced { .. } => wit::Error::Invalid(fenced.to_string()),
         }
     }
 
@@ -815,6 +820,17 @@ mod events_host {
                     metadata: e.metadata,
                 })
                 .collect();
+            if let Some(fence) = &self.fence {
+                let checked = match self.caps.leader.leases() {
+                    Some(leases) => crate::capability::events::fence::check(&*leases, fence).await,
+                    None => Err(EventsError::Unavailable(
+                        "no lease backend to check the fencing token against".into(),
+                    )),
+                };
+                if let Err(e) = checked {
+                    return Ok(Err(to_wit(e)));
+                }
+            }
             Ok(store
                 .append(&stream_id, expected, events)
                 .await

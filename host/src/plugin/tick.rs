@@ -17,6 +17,7 @@ use super::ctx::{arm, classify, instantiation_error, new_store, Capabilities, Pl
 use super::engine::PluginEngine;
 use super::linker::{check_imports, filter_linker};
 use super::{Grants, Hook, PluginError};
+use crate::capability::events::fence::Fence;
 use crate::capability::leader::{unix_now_ms, Elector};
 use crate::capability::Services;
 use crate::gateway::grants_of;
@@ -132,10 +133,15 @@ impl TickRunner {
         self.prepare().await?;
         let (mut store, bindings) = self.instance.take().expect("prepared above");
         arm(&mut store);
+        store.data_mut().fence = Some(Fence {
+            group: info.group.as_str().into(),
+            term: info.term,
+        });
         let result = bindings
             .ficus_gateway_tick_hooks()
             .call_on_tick(&mut store, info)
             .await;
+        store.data_mut().fence = None;
         match result {
             Ok(returned) => {
                 self.instance = Some((store, bindings));

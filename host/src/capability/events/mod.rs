@@ -17,6 +17,7 @@
 //! position 1.
 
 pub mod embedded;
+pub mod fence;
 pub mod nats;
 
 use std::time::Duration;
@@ -162,6 +163,18 @@ pub enum EventsError {
     /// The backend cannot serve the request right now.
     #[error("event store unavailable: {0}")]
     Unavailable(String),
+    /// A leader-only plugin appended with a term (its fencing token) that
+    /// is no longer the group's live leadership: a deposed leader's late
+    /// write, refused (see [`fence`]).
+    #[error("fenced: term {term} of group {group:?} is stale ({current})")]
+    Fenced {
+        /// The election group.
+        group: String,
+        /// The term the append carried.
+        term: u64,
+        /// What the lease backend holds now.
+        current: String,
+    },
 }
 
 impl Expected {

@@ -415,6 +415,10 @@ impl LeaderView for Elector {
             lease_expires_ms: record.expires_ms,
         })
     }
+
+    fn leases(&self) -> Option<Arc<dyn LeaseBackend>> {
+        Some(self.backend.clone())
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,13 @@ pub trait LeaderView: Send + Sync + 'static {
     /// The group's leadership, or `None` when the group has no live leader
     /// or this node does not take part in it.
     fn status(&self, group: &str) -> Option<Leadership>;
+
+    /// The lease backend the elections run on, to check a fencing token
+    /// against (see [`crate::capability::events::fence`]); `None` when this
+    /// process takes part in no election.
+    fn leases(&self) -> Option<std::sync::Arc<dyn LeaseBackend>> {
+        None
+    }
 }
 
 /// A lease held by this node: proof of leadership of `group` for `term`
