@@ -180,6 +180,37 @@ pub fn read_models_for(
     })))
 }
 
+/// What `/admin/backend` reports on: the data directory, or an admin
+/// connection to the NATS servers and the streams this node uses.
+async fn backend_info(config: &Config) -> anyhow::Result<crate::admin::backend::BackendInfo> {
+    use crate::admin::backend::BackendInfo;
+    let backend = &config.backend;
+    if backend.kind != ficus_config::BackendKind::Nats {
+        return Ok(BackendInfo::Embedded {
+            data_dir: config.resolve(&backend.data_dir),
+        });
+    }
+    let mut streams = vec![format!(
+        "KV_{}",
+        crate::capability::leader::nats::DEFAULT_BUCKET
+    )];
+    let uses_events = !config.projections.is_empty()
+        || config
+            .plugins
+            .values()
+            .any(|p| p.grants.contains(&ficus_config::Grant::Events));
+    if uses_events {
+        streams.push(backend.events_stream().to_owned());
+    }
+    BackendInfo::connect_nats(
+        backend.servers.clone(),
+        backend.credentials.as_ref().map(|c| config.resolve(c)),
+        backend.replicas(),
+        streams,
+    )
+    .await
+}
+
 fn services_for(config: &Config) -> Services {
     Services {
         // Not started: `check` builds plugins against it, `run` replaces it
@@ -305,6 +336,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         pubsub: broker.clone(),
         events: event_store,
         projections: projections.clone(),
+        backend: backend_info(&config).await?,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, wait(stop_rx.clone())));
     let options = ServerOptions {

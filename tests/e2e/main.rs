@@ -13,6 +13,7 @@ mod nats_server;
 
 mod ambassador;
 mod breaker;
+mod cluster;
 mod config;
 mod cqrs;
 mod handler;

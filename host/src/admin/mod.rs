@@ -1,8 +1,11 @@
 //! The admin listener: `/healthz`, `/metrics` (Prometheus text),
 //! `/admin/status`, `/admin/leader`, `/admin/subscriptions`,
-//! `/admin/streams/{stream}`, `/admin/projections`, `POST /admin/reload` and
+//! `/admin/streams/{stream}`, `/admin/projections`, `/admin/backend`,
+//! `POST /admin/reload` and
 //! `POST /admin/projections/{name}/rebuild`. It binds loopback by default; when a token is
 //! configured, `/admin/*` requires `Authorization: Bearer <token>`.
+
+pub mod backend;
 
 use crate::capability::leader::Elector;
 use crate::capability::metrics;
@@ -33,6 +36,8 @@ pub struct Admin {
     pub events: Option<Arc<dyn crate::capability::events::EventStore>>,
     /// The projections (`/admin/projections`).
     pub projections: Arc<crate::projection::Projections>,
+    /// The backend (`/admin/backend`).
+    pub backend: backend::BackendInfo,
 }
 
 impl Admin {
@@ -105,6 +110,11 @@ impl Admin {
                 let name = &p["/admin/projections/".len()..p.len() - "/rebuild".len()];
                 self.rebuild(name).await
             }
+            (&http::Method::GET, "/admin/backend") => text(
+                StatusCode::OK,
+                "application/json",
+                self.backend.report().await.to_string(),
+            ),
             (&http::Method::GET, p) if p.starts_with("/admin/streams/") => {
                 self.stream(p, req.uri().query()).await
             }

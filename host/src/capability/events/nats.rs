@@ -82,7 +82,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_STREAM: &str = "FICUS_EVENTS";
 /// Default subject prefix (`events.<stream>`).
 pub const DEFAULT_SUBJECT_PREFIX: &str = "events";
-/// Oldest nats-server that is safe with replicas > 1.
+/// How long an append waits for JetStream's acknowledgement before it is
+/// retried (within `retry_for`).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The oldest nats-server version safe with replicas > 1.
 pub const MIN_REPLICATED_VERSION: (u64, u64, u64) = (2, 10, 8);
 
 /// Subject token of the stream's first message (never produced by
@@ -431,6 +435,12 @@ impl NatsEvents {
                 Err(e) => return Err(stream_err(e.to_string())),
             }
         };
+        // From here on, a request that gets no answer within ACK_TIMEOUT is
+        // retried (appends with the same `Nats-Msg-Id`, so at most one is
+        // stored): a publish in flight to a stream leader that died waits
+        // for this, not for the client's 5 s request timeout.
+        let mut js = js;
+        js.set_timeout(ACK_TIMEOUT);
         let store = NatsEvents {
             client,
             js,
