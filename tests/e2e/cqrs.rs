@@ -127,6 +127,14 @@ async fn place_pay_ship_with_invariants_enforced() {
     assert_eq!(s, 422, "{b}");
     let resp = gw.get("/orders/7").send().await;
     assert_eq!(resp.status, 405, "{resp:?}");
+    // The embedded backend says where its files are.
+    let backend = gw.admin_get("/admin/backend").send().await.json();
+    assert_eq!(backend["kind"], "embedded", "{backend}");
+    assert_eq!(
+        backend["data_dir"].as_str().map(std::path::PathBuf::from),
+        Some(data.path().to_path_buf()),
+        "{backend}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
