@@ -82,7 +82,10 @@ async fn run(dir: &Path, batch: usize, target: u64) -> (f64, u64) {
     let engine = ficus::plugin::engine::PluginEngine::new(&Default::default()).expect("engine");
     let elector = elector_for(&config);
     let events = events_for(&config).await.expect("events").expect("opened");
-    let models = read_models_for(&config).expect("models").expect("opened");
+    let models = read_models_for(&config)
+        .await
+        .expect("models")
+        .expect("opened");
     let services = Services {
         leader: elector.clone(),
         events: Some(events.clone()),
