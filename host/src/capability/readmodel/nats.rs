@@ -118,7 +118,7 @@ impl NatsReadModelsOptions {
 
 /// One operation of the log.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-enum Op {
+pub(super) enum Op {
     /// A piece of a commit's encoded writes, applied with the commit.
     Part {
         id: u64,
@@ -140,9 +140,9 @@ enum Op {
 
 /// One message: the model and the operation.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Record {
-    model: String,
-    op: Op,
+pub(super) struct Record {
+    pub(super) model: String,
+    pub(super) op: Op,
 }
 
 /// What the cache has applied.
