@@ -80,18 +80,33 @@ async fn fill(events: &Arc<dyn EventStore>, n: usize) {
     }
 }
 
+#[path = "../src/testing/nats_server.rs"]
+mod nats_server;
+
 /// Run the projection over the whole backlog with `batch`; events/s until
-/// the checkpoint reaches `target`.
-async fn run(dir: &Path, batch: usize, target: u64) -> (f64, u64) {
+/// the checkpoint reaches `target`. `nats`: the read models on this store
+/// instead of the embedded one.
+async fn run(
+    dir: &Path,
+    batch: usize,
+    target: u64,
+    nats: Option<Arc<dyn ReadModels>>,
+) -> (f64, u64) {
     let _ = std::fs::remove_file(dir.join("readmodels.redb"));
     let config = config(dir, batch);
     let engine = ficus::plugin::engine::PluginEngine::new(&Default::default()).expect("engine");
     let elector = elector_for(&config);
     let events = events_for(&config).await.expect("events").expect("opened");
-    let models = read_models_for(&config)
-        .await
-        .expect("models")
-        .expect("opened");
+    let models = match nats {
+        Some(store) => Arc::new(ReadModelService {
+            store,
+            models: ["orders".to_owned()].into(),
+        }),
+        None => read_models_for(&config)
+            .await
+            .expect("models")
+            .expect("opened"),
+    };
     let services = Services {
         leader: elector.clone(),
         events: Some(events.clone()),

@@ -11,6 +11,13 @@
 //! event (the events before it in the batch are committed) and is retried
 //! with doubling backoff; `/admin/projections` shows the error.
 //!
+//! When the task gains leadership it calls [`ReadModels::sync`] before
+//! reading the checkpoints: on a shared backend (NATS) that waits until this
+//! node's copy of the read models reflects every write made so far, and
+//! makes this node the model's writer. A commit refused as stale (another
+//! node wrote the model meanwhile) makes the task reload the checkpoints,
+//! and sync again, before it goes on.
+//!
 //! **Rebuild** (`POST /admin/projections/{name}/rebuild`) starts a new
 //! generation of the model, empty, and replays every event into it from
 //! position 1 with a second instance of the plugin, while the active
