@@ -185,15 +185,13 @@ fn main() {
         // The same with the read models on NATS JetStream (one local
         // nats-server, R1): each batch is one JetStream message, acked and
         // applied to the local cache before the next.
-        let server = nats_server::NatsServer::start();
         for (i, batch) in [16, 256].into_iter().enumerate() {
-            let options = NatsReadModelsOptions {
-                stream: format!("BENCH_RM_{i}"),
-                ..NatsReadModelsOptions::new(
-                    vec![server.url.clone()],
-                    dir.join(format!("readmodels-nats-{i}.redb")),
-                )
-            };
+            // A server per run: read-model streams share the subjects rm.>.
+            let server = nats_server::NatsServer::start();
+            let options = NatsReadModelsOptions::new(
+                vec![server.url.clone()],
+                dir.join(format!("readmodels-nats-{i}.redb")),
+            );
             let store: Arc<dyn ReadModels> =
                 Arc::new(NatsReadModels::open(options).await.expect("NATS read models"));
             let (rate, applied) = run(&dir, batch, head, Some(store)).await;
@@ -201,8 +199,8 @@ fn main() {
                 "projection on NATS read models, batch = {batch:<4}: {rate:>9.0} events/s ({applied} events)  {:.2}x embedded (same batch)",
                 rate / embedded[&batch]
             );
+            drop(server);
         }
-        drop(server);
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
