@@ -11,7 +11,10 @@
 //!   (generation, writes, checkpoint), *begin-rebuild* and *activate*
 //!   (generation). The log keeps every operation (no retention limit);
 //!   compacting it into snapshots is future work, so its size grows with
-//!   the number of writes, as the event store does.
+//!   the number of writes, as the event store does. The subjects are
+//!   `rm.>` whatever the stream's name, so one NATS account holds one
+//!   read-model stream (JetStream refuses a second stream with overlapping
+//!   subjects, error 10065), as for the event store's `events.>`.
 //! - **Every node materialises the log** into a local redb cache
 //!   (`<data_dir>/readmodels-nats.redb`, the [`EmbeddedReadModels`] format)
 //!   with an ordered consumer on `rm.>`. `get`/`scan`/`generations` read the
