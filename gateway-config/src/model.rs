@@ -361,6 +361,10 @@ pub struct Backend {
     /// `kind = "nats"`. Default: `"FICUS_EVENTS"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_stream: Option<String>,
+    /// The JetStream stream holding the read models' log of operations (letters, digits,
+    /// `-`, `_`). Only with `kind = "nats"`. Default: `"FICUS_READMODELS"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readmodels_stream: Option<String>,
     /// Copies of the JetStream stream: 1, 3 or 5 (replicas above 1 need a NATS cluster and
     /// nats-server >= 2.10.8). Only with `kind = "nats"`. Default: `1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -378,6 +382,16 @@ impl Backend {
             .unwrap_or(Self::DEFAULT_EVENTS_STREAM)
     }
 
+    /// Default of [`Backend::readmodels_stream`].
+    pub const DEFAULT_READMODELS_STREAM: &'static str = "FICUS_READMODELS";
+
+    /// The read models' JetStream stream name (with its default).
+    pub fn readmodels_stream(&self) -> &str {
+        self.readmodels_stream
+            .as_deref()
+            .unwrap_or(Self::DEFAULT_READMODELS_STREAM)
+    }
+
     /// The JetStream replicas (with its default).
     pub fn replicas(&self) -> u8 {
         self.replicas.unwrap_or(1)
@@ -392,6 +406,7 @@ impl Default for Backend {
             servers: Vec::new(),
             credentials: None,
             events_stream: None,
+            readmodels_stream: None,
             replicas: None,
         }
     }

@@ -106,6 +106,10 @@ fn check_backend(backend: &crate::Backend, out: &mut Problems) {
                 ("backend.servers", !backend.servers.is_empty()),
                 ("backend.credentials", backend.credentials.is_some()),
                 ("backend.events_stream", backend.events_stream.is_some()),
+                (
+                    "backend.readmodels_stream",
+                    backend.readmodels_stream.is_some(),
+                ),
                 ("backend.replicas", backend.replicas.is_some()),
             ];
             for (key, set) in nats_only {
@@ -143,7 +147,12 @@ fn check_backend(backend: &crate::Backend, out: &mut Problems) {
             {
                 out.push("backend.credentials", "must not be empty");
             }
-            if let Some(name) = &backend.events_stream {
+            let streams = [
+                ("backend.events_stream", &backend.events_stream),
+                ("backend.readmodels_stream", &backend.readmodels_stream),
+            ];
+            for (key, name) in streams {
+                let Some(name) = name else { continue };
                 let ok = !name.is_empty()
                     && name.len() <= 255
                     && name
@@ -151,12 +160,20 @@ fn check_backend(backend: &crate::Backend, out: &mut Problems) {
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
                 if !ok {
                     out.push(
-                        "backend.events_stream",
+                        key,
                         format!(
                             "{name:?} is not a JetStream stream name (1 to 255 letters, digits, `-` or `_`)"
                         ),
                     );
                 }
+            }
+            if backend.readmodels_stream.is_some()
+                && backend.readmodels_stream() == backend.events_stream()
+            {
+                out.push(
+                    "backend.readmodels_stream",
+                    "must differ from backend.events_stream (they are two JetStream streams)",
+                );
             }
             if let Some(r) = backend.replicas {
                 if ![1, 3, 5].contains(&r) {

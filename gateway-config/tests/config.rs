@@ -323,7 +323,7 @@ fn unknown_backend_kind() {
 fn nats_backend() {
     let config = parse(
         "[backend]\nkind = \"nats\"\nservers = [\"nats://127.0.0.1:4222\", \"tls://nats.example:4222\"]\n\
-         credentials = \"ficus.creds\"\nevents_stream = \"ORDERS_EVENTS\"\nreplicas = 3\n",
+         credentials = \"ficus.creds\"\nevents_stream = \"ORDERS_EVENTS\"\nreadmodels_stream = \"ORDERS_RM\"\nreplicas = 3\n",
     )
     .unwrap();
     assert_eq!(config.backend.kind, BackendKind::Nats);
@@ -333,11 +333,13 @@ fn nats_backend() {
         Some(Path::new("ficus.creds"))
     );
     assert_eq!(config.backend.events_stream(), "ORDERS_EVENTS");
+    assert_eq!(config.backend.readmodels_stream(), "ORDERS_RM");
     assert_eq!(config.backend.replicas(), 3);
     // Defaults.
     let config =
         parse("[backend]\nkind = \"nats\"\nservers = [\"nats://127.0.0.1:4222\"]\n").unwrap();
     assert_eq!(config.backend.events_stream(), "FICUS_EVENTS");
+    assert_eq!(config.backend.readmodels_stream(), "FICUS_READMODELS");
     assert_eq!(config.backend.replicas(), 1);
     assert_eq!(config.backend.credentials, None);
 }
@@ -365,6 +367,24 @@ fn nats_backend_bad_inputs() {
         4,
         "\"my.events\" is not a JetStream stream name",
     );
+    let e = error(
+        "[backend]\nkind = \"nats\"\nservers = [\"nats://a:4222\"]\nreadmodels_stream = \"rm>\"\n",
+    );
+    assert_error(
+        &e,
+        "backend.readmodels_stream",
+        4,
+        "\"rm>\" is not a JetStream stream name",
+    );
+    let e = error(
+        "[backend]\nkind = \"nats\"\nservers = [\"nats://a:4222\"]\nreadmodels_stream = \"FICUS_EVENTS\"\n",
+    );
+    assert_error(
+        &e,
+        "backend.readmodels_stream",
+        4,
+        "must differ from backend.events_stream",
+    );
     let e = error("[backend]\nkind = \"nats\"\nservers = \"nats://a:4222\"\n");
     assert_error(&e, "backend.servers", 3, "invalid type");
     let e = error("[backend]\nkind = \"nats\"\nservers = [\"nats://a:4222\"]\nreplica = 3\n");
@@ -377,9 +397,16 @@ fn nats_backend_bad_inputs() {
         2,
         "only used with kind = \"nats\" (the backend is \"embedded\")",
     );
-    let all = errors("[backend]\nreplicas = 3\nevents_stream = \"X\"\n");
+    let all = errors("[backend]\nreplicas = 3\nevents_stream = \"X\"\nreadmodels_stream = \"Y\"\n");
     let keys: Vec<&str> = all.iter().map(|e| e.key_path.as_str()).collect();
-    assert_eq!(keys, ["backend.replicas", "backend.events_stream"]);
+    assert_eq!(
+        keys,
+        [
+            "backend.replicas",
+            "backend.events_stream",
+            "backend.readmodels_stream"
+        ]
+    );
 }
 
 #[test]

@@ -4,12 +4,18 @@
 //! per read-model transaction), against two baselines measured in the same
 //! run: `batch = 1` (one durable commit per event) and the raw catch-up read
 //! rate of a subscription over the same backlog (no plugin, no writes).
+//! Then the same catch-up with the read models on NATS JetStream
+//! (`NatsReadModels`, a nats-server started here; the events stay in the
+//! embedded store so that only the read-model backend differs), for
+//! `batch` = 16 and 256, against the embedded figures of the same run.
 //!
 //! Run: `cargo run --release -p ficus --example projection_catchup`
 //! (`EVENTS=20000` to change the backlog). Reports, never gates.
 
 use ficus::app::{elector_for, events_for, read_models_for};
 use ficus::capability::events::{EventStore, Expected, Filter, NewEvent, Subscription};
+use ficus::capability::readmodel::nats::{NatsReadModels, NatsReadModelsOptions};
+use ficus::capability::readmodel::{ReadModelService, ReadModels};
 use ficus::capability::Services;
 use ficus::projection::{build_projections, Projections};
 use std::path::{Path, PathBuf};
@@ -74,15 +80,33 @@ async fn fill(events: &Arc<dyn EventStore>, n: usize) {
     }
 }
 
+#[path = "../src/testing/nats_server.rs"]
+mod nats_server;
+
 /// Run the projection over the whole backlog with `batch`; events/s until
-/// the checkpoint reaches `target`.
-async fn run(dir: &Path, batch: usize, target: u64) -> (f64, u64) {
+/// the checkpoint reaches `target`. `nats`: the read models on this store
+/// instead of the embedded one.
+async fn run(
+    dir: &Path,
+    batch: usize,
+    target: u64,
+    nats: Option<Arc<dyn ReadModels>>,
+) -> (f64, u64) {
     let _ = std::fs::remove_file(dir.join("readmodels.redb"));
     let config = config(dir, batch);
     let engine = ficus::plugin::engine::PluginEngine::new(&Default::default()).expect("engine");
     let elector = elector_for(&config);
     let events = events_for(&config).await.expect("events").expect("opened");
-    let models = read_models_for(&config).expect("models").expect("opened");
+    let models = match nats {
+        Some(store) => Arc::new(ReadModelService {
+            store,
+            models: ["orders".to_owned()].into(),
+        }),
+        None => read_models_for(&config)
+            .await
+            .expect("models")
+            .expect("opened"),
+    };
     let services = Services {
         leader: elector.clone(),
         events: Some(events.clone()),
@@ -146,15 +170,36 @@ fn main() {
         drop(events); // the projections reopen the store
 
         // batch = 1 is slow (one fsync per event): measure it on a prefix.
-        let (one, _) = run(&dir, 1, head.min(2000)).await;
+        let (one, _) = run(&dir, 1, head.min(2000), None).await;
         println!("projection, batch = 1 (baseline)   : {one:>9.0} events/s (first {} events)", head.min(2000));
+        let mut embedded = std::collections::BTreeMap::new();
         for batch in [16, 256, 1024] {
-            let (rate, applied) = run(&dir, batch, head).await;
+            let (rate, applied) = run(&dir, batch, head, None).await;
+            embedded.insert(batch, rate);
             println!(
                 "projection, batch = {batch:<4}           : {rate:>9.0} events/s ({applied} events)  {:>5.1}x batch=1  {:.2}x raw read",
                 rate / one,
                 rate / raw
             );
+        }
+        // The same with the read models on NATS JetStream (one local
+        // nats-server, R1): each batch is one JetStream message, acked and
+        // applied to the local cache before the next.
+        for (i, batch) in [16, 256].into_iter().enumerate() {
+            // A server per run: read-model streams share the subjects rm.>.
+            let server = nats_server::NatsServer::start();
+            let options = NatsReadModelsOptions::new(
+                vec![server.url.clone()],
+                dir.join(format!("readmodels-nats-{i}.redb")),
+            );
+            let store: Arc<dyn ReadModels> =
+                Arc::new(NatsReadModels::open(options).await.expect("NATS read models"));
+            let (rate, applied) = run(&dir, batch, head, Some(store)).await;
+            println!(
+                "projection on NATS read models, batch = {batch:<4}: {rate:>9.0} events/s ({applied} events)  {:.2}x embedded (same batch)",
+                rate / embedded[&batch]
+            );
+            drop(server);
         }
         let _ = std::fs::remove_dir_all(&dir);
     });

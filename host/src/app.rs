@@ -154,13 +154,16 @@ pub async fn events_for(
     }
 }
 
-/// The embedded read models at `<backend.data_dir>/readmodels.redb`, opened
-/// only when some projection is configured or some plugin is granted
-/// `read-model`.
-pub fn read_models_for(
+/// The read models, opened only when some projection is configured or some
+/// plugin is granted `read-model`: with `[backend] kind = "embedded"` the
+/// redb file `<backend.data_dir>/readmodels.redb`; with `kind = "nats"` the
+/// JetStream log `backend.readmodels_stream` on `backend.servers`,
+/// materialised into `<backend.data_dir>/readmodels-nats.redb` (rebuilt
+/// from the log here, before this returns).
+pub async fn read_models_for(
     config: &Config,
 ) -> anyhow::Result<Option<Arc<crate::capability::readmodel::ReadModelService>>> {
-    use crate::capability::readmodel::{embedded::EmbeddedReadModels, ReadModelService};
+    use crate::capability::readmodel::{embedded::EmbeddedReadModels, nats, ReadModelService};
     let wanted = !config.projections.is_empty()
         || config
             .plugins
@@ -169,13 +172,43 @@ pub fn read_models_for(
     if !wanted {
         return Ok(None);
     }
-    let path = config
-        .resolve(&config.backend.data_dir)
-        .join("readmodels.redb");
-    let store = EmbeddedReadModels::open(&path)
-        .map_err(|e| anyhow!("the read models (backend.data_dir): {e}"))?;
+    let backend = &config.backend;
+    let data_dir = config.resolve(&backend.data_dir);
+    let store: Arc<dyn crate::capability::readmodel::ReadModels> = match backend.kind {
+        ficus_config::BackendKind::Embedded => Arc::new(
+            EmbeddedReadModels::open(&data_dir.join("readmodels.redb"))
+                .map_err(|e| anyhow!("the read models (backend.data_dir): {e}"))?,
+        ),
+        ficus_config::BackendKind::Nats => {
+            std::fs::create_dir_all(&data_dir).map_err(|e| {
+                anyhow!(
+                    "the read models (backend.data_dir {}): {e}",
+                    data_dir.display()
+                )
+            })?;
+            let options = nats::NatsReadModelsOptions {
+                credentials: backend.credentials.as_ref().map(|c| config.resolve(c)),
+                stream: backend.readmodels_stream().to_owned(),
+                replicas: usize::from(backend.replicas()),
+                ..nats::NatsReadModelsOptions::new(
+                    backend.servers.clone(),
+                    data_dir.join("readmodels-nats.redb"),
+                )
+            };
+            let store = nats::NatsReadModels::open(options)
+                .await
+                .map_err(|e| anyhow!("the read models ([backend] kind = \"nats\"): {e}"))?;
+            tracing::info!(
+                servers = %backend.servers.join(", "),
+                stream = backend.readmodels_stream(),
+                applied = store.applied(),
+                "read models on NATS JetStream"
+            );
+            Arc::new(store)
+        }
+    };
     Ok(Some(Arc::new(ReadModelService {
-        store: Arc::new(store),
+        store,
         models: config.projections.iter().map(|p| p.name.clone()).collect(),
     })))
 }
@@ -265,7 +298,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         leader: elector.clone(),
         pubsub: broker.clone(),
         events: events_for(&config).await?,
-        read_models: read_models_for(&config)?,
+        read_models: read_models_for(&config).await?,
         ..services_for(&config)
     };
     let (gateway, _) = Gateway::build(&config, &engine, &services, None)

@@ -11,6 +11,13 @@
 //! event (the events before it in the batch are committed) and is retried
 //! with doubling backoff; `/admin/projections` shows the error.
 //!
+//! When the task gains leadership it calls [`ReadModels::sync`] before
+//! reading the checkpoints: on a shared backend (NATS) that waits until this
+//! node's copy of the read models reflects every write made so far, and
+//! makes this node the model's writer. A commit refused as stale (another
+//! node wrote the model meanwhile) makes the task reload the checkpoints,
+//! and sync again, before it goes on.
+//!
 //! **Rebuild** (`POST /admin/projections/{name}/rebuild`) starts a new
 //! generation of the model, empty, and replays every event into it from
 //! position 1 with a second instance of the plugin, while the active
@@ -355,6 +362,9 @@ struct Worker {
     /// When a failed event may be retried, and the next delay.
     retry: Option<(Instant, Duration)>,
     last_error: Option<String>,
+    /// The last commit was refused as stale: the model moved under this
+    /// writer (another node wrote it), so the runner reloads it.
+    stale: bool,
     applied: u64,
     started: Instant,
     started_ms: u64,
@@ -384,6 +394,7 @@ impl Worker {
             filter: spec.filter.clone(),
             retry: None,
             last_error: None,
+            stale: false,
             applied: 0,
             started: Instant::now(),
             started_ms: now_ms(),
@@ -467,6 +478,7 @@ impl Worker {
                 }
                 Err(e) => {
                     count("commit_failed", n);
+                    self.stale = matches!(e, ReadModelError::Stale(_));
                     self.fail(spec, events, format!("committing the read model: {e}"));
                     return Step::Worked;
                 }
@@ -567,6 +579,16 @@ impl Runner {
                 Step::Worked => worked = true,
                 Step::Idle(at) => wake = wake.into_iter().chain(at).min(),
             }
+            let stale = self.live.stale || self.rebuild.as_ref().is_some_and(|r| r.stale);
+            if stale {
+                // Another node wrote the model: reload the checkpoints (and
+                // take over again as its writer, if this node still leads).
+                self.live.stale = false;
+                if let Some(r) = self.rebuild.as_mut() {
+                    r.stale = false;
+                }
+                self.leading = false;
+            }
             let state = if self.live.last_error.is_some() {
                 "stalled"
             } else {
@@ -595,6 +617,7 @@ impl Runner {
 
     /// Load the committed checkpoints (and an unfinished rebuild).
     async fn resume(&mut self) -> Result<(), ReadModelError> {
+        self.models.sync(&self.spec.name).await?;
         let g = self.models.generations(&self.spec.name).await?;
         self.live.reset(&self.events, g.active, g.checkpoint);
         match g.building {

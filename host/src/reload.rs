@@ -113,6 +113,10 @@ impl Fixed {
                 "backend.events_stream",
                 c.backend.events_stream().to_string(),
             ),
+            (
+                "backend.readmodels_stream",
+                c.backend.readmodels_stream().to_string(),
+            ),
             ("backend.replicas", c.backend.replicas().to_string()),
             (
                 "backend.data_dir",

@@ -27,6 +27,11 @@ fn wasm(name: &str) -> String {
 
 /// The CQRS demo (as gateway-config/examples/cqrs.toml), plus the event writer on `/append/`.
 fn orders_cfg(data: &Path) -> Cfg {
+    orders_cfg_on(data, "", "")
+}
+
+/// [`orders_cfg`] with more `[backend]` lines and more sections.
+fn orders_cfg_on(data: &Path, backend: &str, extra: &str) -> Cfg {
     Cfg::new()
         .plugin_source(
             "orders",
@@ -45,7 +50,7 @@ fn orders_cfg(data: &Path) -> Cfg {
         )
         .plugin_source("writer", &wasm("event-writer.wasm"), "grants = [\"events\"]\ntimeout_ms = 5000")
         .toml(&format!(
-            "[backend]\ndata_dir = {:?}\n\n\
+            "[backend]\ndata_dir = {:?}\n{backend}\n{extra}\n\
              [[projections]]\nname = \"orders\"\nplugin = \"orders-projection\"\n\
              stream_prefix = \"order-\"\n\n\
              [[routes]]\nname = \"commands\"\n\
@@ -296,35 +301,7 @@ async fn after_kill_9_the_read_model_equals_a_replay_and_a_rebuild_equals_live()
     }
 
     let gw = Gateway::start(&cfg);
-    // Replay from scratch by hand: every order's stream, as stored.
-    let mut expected = BTreeMap::new();
-    let mut events = 0u64;
-    let mut head = 0u64;
-    for id in &ids {
-        let resp = gw
-            .admin_get(&format!("/admin/streams/order-{id}"))
-            .send()
-            .await;
-        if resp.status == 404 {
-            continue; // the command never reached the store
-        }
-        let v = resp.json();
-        let stored = v["events"].as_array().unwrap();
-        events += stored.len() as u64;
-        head = head.max(
-            stored
-                .iter()
-                .map(|e| e["position"].as_u64().unwrap())
-                .max()
-                .unwrap(),
-        );
-        let status = match stored.last().unwrap()["type"].as_str().unwrap() {
-            "OrderPlaced" => "placed",
-            "OrderPaid" => "paid",
-            other => panic!("unexpected {other}"),
-        };
-        expected.insert(id.clone(), (status, stored.len() as u64));
-    }
+    let (expected, events, head) = replay(&gw, &ids).await;
     assert!(
         events >= acknowledged,
         "every acknowledged command is stored: {events} < {acknowledged}"
@@ -340,17 +317,7 @@ async fn after_kill_9_the_read_model_equals_a_replay_and_a_rebuild_equals_live()
         "each event applied exactly once: {stats}"
     );
     let live = all_orders(&gw).await;
-    let seen: BTreeMap<String, (&str, u64)> = live
-        .iter()
-        .map(|(id, o)| {
-            let status = match o["status"].as_str().unwrap() {
-                "placed" => "placed",
-                "paid" => "paid",
-                other => panic!("unexpected status {other}"),
-            };
-            (id.clone(), (status, o["version"].as_u64().unwrap()))
-        })
-        .collect();
+    let seen = statuses(&live);
     assert_eq!(
         seen, expected,
         "the read model equals a replay of the stored events"
@@ -399,6 +366,243 @@ async fn after_kill_9_the_read_model_equals_a_replay_and_a_rebuild_equals_live()
     let (s, _) = get(&gw, "/orders/after").await;
     assert_eq!(s, 200);
     gw.terminate();
+}
+
+/// A replay from scratch by hand of the orders `ids` (every order's stream, as stored):
+/// each stored order's (status, events), the number of events, and the last position.
+async fn replay(gw: &Gateway, ids: &[String]) -> (BTreeMap<String, (&'static str, u64)>, u64, u64) {
+    let mut expected = BTreeMap::new();
+    let mut events = 0u64;
+    let mut head = 0u64;
+    for id in ids {
+        let resp = gw
+            .admin_get(&format!("/admin/streams/order-{id}"))
+            .send()
+            .await;
+        if resp.status == 404 {
+            continue; // the command never reached the store
+        }
+        let v = resp.json();
+        let stored = v["events"].as_array().unwrap();
+        events += stored.len() as u64;
+        head = head.max(
+            stored
+                .iter()
+                .map(|e| e["position"].as_u64().unwrap())
+                .max()
+                .unwrap(),
+        );
+        let status = match stored.last().unwrap()["type"].as_str().unwrap() {
+            "OrderPlaced" => "placed",
+            "OrderPaid" => "paid",
+            other => panic!("unexpected {other}"),
+        };
+        expected.insert(id.clone(), (status, stored.len() as u64));
+    }
+    (expected, events, head)
+}
+
+/// Each order document's (status, version), to compare with [`replay`].
+fn statuses(live: &BTreeMap<String, Value>) -> BTreeMap<String, (&'static str, u64)> {
+    live.iter()
+        .map(|(id, o)| {
+            let status = match o["status"].as_str().unwrap() {
+                "placed" => "placed",
+                "paid" => "paid",
+                other => panic!("unexpected status {other}"),
+            };
+            (id.clone(), (status, o["version"].as_u64().unwrap()))
+        })
+        .collect()
+}
+
+/// Place and pay orders `<prefix>-0`, `<prefix>-1`… through `addr` until a request fails
+/// (the gateway died) or `stop` is set; returns the acknowledged commands and the ids tried.
+async fn order_client(
+    addr: std::net::SocketAddr,
+    prefix: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, Vec<String>) {
+    let mut acked = 0u64;
+    let mut ids = Vec::new();
+    for i in 0.. {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let id = format!("{prefix}-{i}");
+        ids.push(id.clone());
+        for (action, body) in [
+            ("place", r#"{"customer":"k","total":9}"#),
+            ("pay", r#"{"amount":9}"#),
+        ] {
+            let req =
+                crate::support::Req::new("POST", format!("http://{addr}/orders/{id}/{action}"))
+                    .body(body.to_owned())
+                    .timeout(Duration::from_secs(5));
+            match req.try_send().await {
+                Ok(r) if r.status == 200 => acked += 1,
+                _ => return (acked, ids),
+            }
+        }
+    }
+    (acked, ids)
+}
+
+/// Lease timing of the NATS tests: a failover takes about a second and a half.
+const FAST_LEADER: &str =
+    "lease_ttl_ms = 1500\nrenew_deadline_ms = 1000\nretry_period_ms = 250\ngroups = [\"default\"]";
+
+/// The states of projection `orders` on every running node.
+async fn states(nodes: &[Option<Gateway>]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for node in nodes {
+        out.push(match node {
+            Some(gw) => Some(
+                projection(gw, "orders").await["state"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            ),
+            None => None,
+        });
+    }
+    out
+}
+
+/// Wait until exactly one running node runs the projection and the others stand by; its index.
+async fn the_one_running(nodes: &[Option<Gateway>]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = states(nodes).await;
+        let running: Vec<usize> = (0..s.len())
+            .filter(|&i| s[i].as_deref() == Some("running"))
+            .collect();
+        let standby = s.iter().filter(|x| x.as_deref() == Some("standby")).count();
+        if running.len() == 1 && running.len() + standby == s.iter().flatten().count() {
+            return running[0];
+        }
+        assert!(Instant::now() < deadline, "no single running node: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Three gateways with `[backend] kind = "nats"` on one nats-server run the orders demo: every
+/// node answers queries from the shared read model, the projection runs on exactly one node at
+/// a time, and after kill -9 of that node another one resumes it from the checkpoint in the
+/// log: the read model equals a replay of the events, each applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_every_node_answers_and_the_projection_resumes_elsewhere_after_kill_9() {
+    let nats = crate::nats_server::NatsServer::start();
+    let backend = format!("kind = \"nats\"\nservers = [{:?}]\n", nats.url);
+    let dirs: Vec<TempDir> = (0..3)
+        .map(|i| TempDir::new(&format!("proj-nats-{i}")))
+        .collect();
+    let cfg = |i: usize| {
+        orders_cfg_on(
+            dirs[i].path(),
+            &backend,
+            &format!("[leader]\nnode_id = \"n{i}\"\n{FAST_LEADER}\n"),
+        )
+    };
+    let mut nodes: Vec<Option<Gateway>> = (0..3).map(|i| Some(Gateway::start(&cfg(i)))).collect();
+    let leader = the_one_running(&nodes).await;
+
+    // Commands through every node; the projection (on `leader`) folds them; every node answers.
+    let mut ids = Vec::new();
+    let mut last = 0;
+    for i in 0..12 {
+        let gw = nodes[i % 3].as_ref().unwrap();
+        let id = format!("warm-{i}");
+        let (s, b) = command(
+            gw,
+            &format!("/orders/{id}/place"),
+            r#"{"customer":"c","total":3}"#,
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+        last = b["position"].as_u64().unwrap();
+        ids.push(id);
+    }
+    for gw in nodes.iter().flatten() {
+        let stats = caught_up(gw, last).await;
+        assert_eq!(stats["events"].as_u64(), Some(12), "{stats}");
+    }
+    assert_eq!(
+        all_orders(nodes[0].as_ref().unwrap()).await,
+        all_orders(nodes[2].as_ref().unwrap()).await
+    );
+
+    // A client writes through a node that survives while the projection's node dies.
+    let survivor = (leader + 1) % 3;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = tokio::spawn(order_client(
+        nodes[survivor].as_ref().unwrap().addr(),
+        "kill".into(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed_at = Instant::now();
+    nodes[leader].take().unwrap().kill_9().await;
+    let next = the_one_running(&nodes).await;
+    let takeover = killed_at.elapsed();
+    assert_ne!(next, leader);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, more) = client.await.expect("client");
+    assert!(acked > 0, "the client got no answer");
+    ids.extend(more);
+
+    let gw = nodes[survivor].as_ref().unwrap();
+    let (expected, events, head) = replay(gw, &ids).await;
+    assert!(events >= acked + 12, "every acknowledged command is stored");
+    for gw in nodes.iter().flatten() {
+        let stats = caught_up(gw, head).await;
+        assert_eq!(
+            stats["events"].as_u64(),
+            Some(events),
+            "each event applied exactly once: {stats}"
+        );
+        assert_eq!(
+            statuses(&all_orders(gw).await),
+            expected,
+            "the read model equals a replay of the stored events"
+        );
+    }
+    let p = projection(nodes[next].as_ref().unwrap(), "orders").await;
+    assert_eq!(p["checkpoint"].as_u64(), Some(head), "{p}");
+    println!(
+        "3 gateways on NATS: projection moved n{leader} -> n{next} {} ms after kill -9; \
+         {events} events, each applied once on every node",
+        takeover.as_millis()
+    );
+    for gw in nodes.iter().flatten() {
+        gw.terminate();
+    }
+    drop(nats);
+}
+
+/// `ficus run` with projections on a NATS server that is not there fails at start with the
+/// address it tried.
+#[test]
+fn on_nats_an_unreachable_server_fails_the_start_clearly() {
+    let data = TempDir::new("proj-nats-down");
+    let port = crate::nats_server::free_port();
+    let cfg = orders_cfg_on(
+        data.path(),
+        &format!("kind = \"nats\"\nservers = [\"nats://127.0.0.1:{port}\"]\n"),
+        "",
+    );
+    let err = Gateway::try_start(&cfg)
+        .err()
+        .expect("no NATS server: the start fails");
+    assert!(
+        err.stderr
+            .contains(&format!("cannot connect to nats://127.0.0.1:{port}"))
+            || err.stderr.contains(&format!(
+                "cannot connect to NATS at nats://127.0.0.1:{port}"
+            )),
+        "{err}"
+    );
 }
 
 /// Two probe projections over different stream prefixes, with the event writer.

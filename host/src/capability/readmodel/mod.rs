@@ -10,6 +10,7 @@
 //! event applied), so a crash never applies an event twice or skips one.
 
 pub mod embedded;
+pub mod nats;
 
 /// Longest document key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
@@ -128,6 +129,18 @@ pub trait ReadModels: Send + Sync + 'static {
     /// Make the generation being built the active one and drop the old one,
     /// atomically.
     async fn activate(&self, model: &str, generation: u64) -> Result<(), ReadModelError>;
+
+    /// Prepare this process to write `model` (it has just become the
+    /// model's writer, e.g. the leader of its projection): wait until
+    /// [`ReadModels::generations`] reflects every operation any process
+    /// stored so far, and take the model's latest operation as the point
+    /// this writer's next write must follow (a shared backend refuses it
+    /// with [`ReadModelError::Stale`] if another process wrote in between).
+    /// The embedded store has nothing to do.
+    async fn sync(&self, model: &str) -> Result<(), ReadModelError> {
+        let _ = model;
+        Ok(())
+    }
 }
 
 /// The read models of this process: the backend and the names of the
