@@ -235,6 +235,14 @@ async fn backend_info(config: &Config) -> anyhow::Result<crate::admin::backend::
     if uses_events {
         streams.push(backend.events_stream().to_owned());
     }
+    let uses_read_models = !config.projections.is_empty()
+        || config
+            .plugins
+            .values()
+            .any(|p| p.grants.contains(&ficus_config::Grant::ReadModel));
+    if uses_read_models {
+        streams.push(backend.readmodels_stream().to_owned());
+    }
     BackendInfo::connect_nats(
         backend.servers.clone(),
         backend.credentials.as_ref().map(|c| config.resolve(c)),
