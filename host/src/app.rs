@@ -229,10 +229,10 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     });
     let engine = Arc::new(engine_for(&config)?);
     let elector = elector_to_run(&config).await?;
-    let broker = Arc::new(pubsub::broker::Broker::open(&config)?);
+    let broker = pubsub::Backend::open(&config).await?;
     let services = Services {
         leader: elector.clone(),
-        pubsub: broker.clone(),
+        pubsub: broker.publisher(),
         events: events_for(&config).await?,
         read_models: read_models_for(&config)?,
         ..services_for(&config)
@@ -302,7 +302,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         token: config.server.admin_token.clone(),
         started: SystemTime::now(),
         leader: elector.clone(),
-        pubsub: broker.clone(),
+        pubsub: broker.publisher(),
         events: event_store,
         projections: projections.clone(),
     });
