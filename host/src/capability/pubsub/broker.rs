@@ -617,13 +617,11 @@ impl Broker {
                             q.gauge();
                             Target::Durable(Arc::new(q))
                         }
-                        _ => {
-                            Target::Transient(Arc::new(TransientQueue::new(
-                                s.queue.as_deref().unwrap_or(&s.name),
-                                s.max_in_flight as usize,
-                                acks.clone(),
-                            )))
-                        }
+                        _ => Target::Transient(Arc::new(TransientQueue::new(
+                            s.queue.as_deref().unwrap_or(&s.name),
+                            s.max_in_flight as usize,
+                            acks.clone(),
+                        ))),
                     };
                     queues.insert(key, t.clone());
                     routes.push((s.subject.clone(), t.clone()));

@@ -50,9 +50,9 @@ impl Backend {
                 Ok(Backend::Embedded(Arc::new(broker::Broker::open(config)?)))
             }
             ficus_config::BackendKind::Nats => {
-                let b = nats::NatsBroker::open(config).await.map_err(|e| {
-                    anyhow::anyhow!("pub/sub ([backend] kind = \"nats\"): {e}")
-                })?;
+                let b = nats::NatsBroker::open(config)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("pub/sub ([backend] kind = \"nats\"): {e}"))?;
                 tracing::info!(
                     servers = %config.backend.servers.join(", "),
                     stream = nats::DEFAULT_STREAM,

@@ -38,7 +38,10 @@
 //!   the `max_deliver`-th failed delivery the message is published to the
 //!   subscription's dead-letter subject (through this backend, so its
 //!   subscribers get it, with the `ficus-dead-letter-*` headers), then
-//!   terminated. Messages in the window are kept alive with progress acks
+//!   terminated. JetStream counts a delivery when a message is pulled
+//!   into a node's window, so a message that a stopping node hands back
+//!   (or a dead node held) arrives with the next delivery number even if
+//!   no plugin saw it. Messages in the window are kept alive with progress acks
 //!   (every `ack_wait / 3`), so a message waiting or in hand is not
 //!   redelivered elsewhere; if the node dies, they are redelivered after
 //!   `ack_wait` ([`NatsPubSubOptions::ack_wait`], default 10 s). A graceful
@@ -295,9 +298,9 @@ fn classify(e: jetstream::context::PublishError) -> Result<String, PubSubError> 
             match code {
                 // Larger than the stream's max_msg_size.
                 Some(10054) => Err(PubSubError::TooLarge),
-                Some(c) if !transient_code(c) => Err(PubSubError::Unavailable(format!(
-                    "JetStream publish: {e}"
-                ))),
+                Some(c) if !transient_code(c) => {
+                    Err(PubSubError::Unavailable(format!("JetStream publish: {e}")))
+                }
                 _ => Ok(e.to_string()),
             }
         }
@@ -528,7 +531,11 @@ impl DurableQueue {
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.changed() => return,
             }
-            let ackers: Vec<Arc<Acker>> = self.lock().values().filter_map(|h| h.acker.clone()).collect();
+            let ackers: Vec<Arc<Acker>> = self
+                .lock()
+                .values()
+                .filter_map(|h| h.acker.clone())
+                .collect();
             for a in ackers {
                 let _ = a.ack_with(AckKind::Progress).await;
             }
@@ -648,9 +655,7 @@ impl Source for DurableSource {
             }
             Err(e) => {
                 tracing::error!(consumer = %self.queue.durable, error = %e, "cannot dead-letter a message; retrying later");
-                let _ = acker
-                    .ack_with(AckKind::Nak(Some(retry.backoff_max)))
-                    .await;
+                let _ = acker.ack_with(AckKind::Nak(Some(retry.backoff_max))).await;
                 self.queue.await_redelivery(m.sequence, retry.backoff_max);
             }
         }
@@ -722,12 +727,14 @@ impl NatsBroker {
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)));
         if let Some(path) = &options.credentials {
-            connect = connect.credentials_file(path).await.map_err(|e| {
-                NatsPubSubError::Credentials {
-                    path: path.clone(),
-                    error: e.to_string(),
-                }
-            })?;
+            connect =
+                connect
+                    .credentials_file(path)
+                    .await
+                    .map_err(|e| NatsPubSubError::Credentials {
+                        path: path.clone(),
+                        error: e.to_string(),
+                    })?;
         }
         let servers = options.servers.join(", ");
         let mut addrs = Vec::new();
@@ -774,12 +781,7 @@ impl NatsBroker {
                     tracing::debug!("creating the pub/sub stream: {e}; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => {
-                    return Err(js_err(
-                        format!("stream {}", options.stream),
-                        e.to_string(),
-                    ))
-                }
+                Err(e) => return Err(js_err(format!("stream {}", options.stream), e.to_string())),
             }
         };
         let acks = Arc::new(watch::channel(0).0);
@@ -982,7 +984,8 @@ impl NatsBroker {
             ));
             tasks.push(tokio::spawn(q.keep_alive(self.stop.subscribe())));
         }
-        let core_subs = std::mem::take(&mut *self.core_subs.lock().unwrap_or_else(|p| p.into_inner()));
+        let core_subs =
+            std::mem::take(&mut *self.core_subs.lock().unwrap_or_else(|p| p.into_inner()));
         for (sub, q) in core_subs {
             tasks.push(tokio::spawn(forward(
                 self.core.clone(),
@@ -1149,5 +1152,375 @@ impl Publisher for NatsBroker {
                 st
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::nats_server::NatsServer;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn config(url: &str, subscriptions: &str) -> Config {
+        let dir = std::env::temp_dir();
+        let text = format!(
+            "[backend]\nkind = \"nats\"\nservers = [{url:?}]\n\
+             [pubsub]\nmax_message_bytes = 64\n\
+             [plugins.p]\nsource = \"p.wasm\"\n{subscriptions}"
+        );
+        ficus_config::parse_str(&text, &dir.join("gateway.toml")).expect("config")
+    }
+
+    fn sub(name: &str, subject: &str, extra: &str) -> String {
+        format!(
+            "[[subscriptions]]\nname = {name:?}\nsubject = {subject:?}\nplugin = \"p\"\n{extra}\n"
+        )
+    }
+
+    async fn open(url: &str, subscriptions: &str) -> NatsBroker {
+        let options = NatsPubSubOptions {
+            ack_wait: Duration::from_secs(2),
+            ..NatsPubSubOptions::new(vec![url.to_owned()])
+        };
+        NatsBroker::open_with(&config(url, subscriptions), options)
+            .await
+            .expect("open the NATS broker")
+    }
+
+    /// The source of subscription `i`, with its queue's pulling task
+    /// running (what `start` does, without plugins).
+    fn source(b: &NatsBroker, i: usize) -> Arc<dyn Source> {
+        let info = &b.subs[i];
+        match &info.target {
+            Target::Durable(q) => {
+                if info.first_of_queue {
+                    b.tasks.lock().unwrap().push(tokio::spawn(
+                        q.clone().fetch(b.core.clone(), b.stop.subscribe()),
+                    ));
+                    b.tasks
+                        .lock()
+                        .unwrap()
+                        .push(tokio::spawn(q.clone().keep_alive(b.stop.subscribe())));
+                }
+                Arc::new(DurableSource {
+                    queue: q.clone(),
+                    core: b.core.clone(),
+                    subscription: info.config.name.as_str().into(),
+                    dead_letter: info.config.dead_letter_subject(),
+                })
+            }
+            Target::Transient(q) => {
+                let subs = std::mem::take(&mut *b.core_subs.lock().unwrap());
+                for (s, tq) in subs {
+                    b.tasks.lock().unwrap().push(tokio::spawn(forward(
+                        b.core.clone(),
+                        s,
+                        tq,
+                        b.stop.subscribe(),
+                    )));
+                }
+                q.clone()
+            }
+        }
+    }
+
+    async fn next(src: &Arc<dyn Source>) -> Message {
+        let (_tx, mut stop) = watch::channel(false);
+        tokio::time::timeout(WAIT, src.next(&mut stop))
+            .await
+            .expect("a message in time")
+            .expect("a message")
+            .message
+    }
+
+    async fn nothing_within(src: &Arc<dyn Source>, wait: Duration) -> bool {
+        let (_tx, mut stop) = watch::channel(false);
+        tokio::time::timeout(wait, src.next(&mut stop))
+            .await
+            .is_err()
+    }
+
+    fn text(m: &Message) -> String {
+        String::from_utf8(m.payload.clone()).unwrap()
+    }
+
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishes_and_delivers_with_headers_and_counts() {
+        let server = NatsServer::start();
+        let b = open(&server.url, &sub("s", "o.*", "")).await;
+        let src = source(&b, 0);
+        b.publish("o.a", b"one".to_vec(), vec![("k".into(), "v".into())])
+            .await
+            .expect("publish");
+        let m = next(&src).await;
+        assert_eq!(
+            (m.subject.as_str(), text(&m).as_str(), m.delivery),
+            ("o.a", "one", 1)
+        );
+        assert_eq!(m.headers, vec![("k".to_string(), "v".to_string())]);
+        // Not matching the pattern: not delivered.
+        b.publish("x.a", b"no".to_vec(), Vec::new()).await.unwrap();
+        src.ack(Delivery { message: m }).await;
+        assert!(nothing_within(&src, Duration::from_millis(300)).await);
+        let stats = b.subscriptions();
+        assert_eq!((stats[0].acked, stats[0].delivery), (1, "at-least-once"));
+        eventually("pending back to 0", || b.subscriptions()[0].pending == 0).await;
+        b.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_group_on_two_nodes_delivers_each_message_once() {
+        let server = NatsServer::start();
+        let subs = format!(
+            "{}{}",
+            sub("w", "jobs.*", "queue = \"g\""),
+            sub(
+                "fast",
+                "tick.*",
+                "queue = \"t\"\ndelivery = \"at-most-once\""
+            )
+        );
+        let a = open(&server.url, &subs).await;
+        let b = open(&server.url, &subs).await;
+        let sources = [source(&a, 0), source(&b, 0)];
+        let fast = [source(&a, 1), source(&b, 1)];
+        for i in 0..20 {
+            a.publish(
+                &format!("jobs.j{}", i % 5),
+                format!("{i}").into_bytes(),
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+            b.publish("tick.t", format!("{i}").into_bytes(), Vec::new())
+                .await
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut per_node = [0, 0];
+        let deadline = Instant::now() + WAIT;
+        while seen.len() < 20 {
+            assert!(Instant::now() < deadline, "only {seen:?} within {WAIT:?}");
+            for (n, src) in sources.iter().enumerate() {
+                let (_tx, mut stop) = watch::channel(false);
+                if let Ok(Some(d)) =
+                    tokio::time::timeout(Duration::from_millis(100), src.next(&mut stop)).await
+                {
+                    seen.push(text(&d.message));
+                    per_node[n] += 1;
+                    src.ack(d).await;
+                }
+            }
+        }
+        seen.sort_by_key(|s| s.parse::<u32>().unwrap());
+        let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        assert_eq!(seen, want, "each message exactly once across the group");
+        for src in &sources {
+            assert!(nothing_within(src, Duration::from_millis(300)).await);
+        }
+        // At-most-once queue group: 20 messages split between the nodes.
+        let mut fast_seen = 0;
+        for src in &fast {
+            while !nothing_within(src, Duration::from_millis(300)).await {
+                fast_seen += 1;
+            }
+        }
+        // (`nothing_within` takes a message when it returns false.)
+        let buffered: u64 = [&a, &b].iter().map(|x| x.subscriptions()[1].dropped).sum();
+        assert_eq!(buffered, 0);
+        assert_eq!(fast_seen, 20, "each at-most-once message to one member");
+        eprintln!("queue group split: {per_node:?}");
+        a.shutdown(Duration::from_secs(1)).await;
+        b.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failures_are_retried_in_subject_order_then_dead_lettered() {
+        let server = NatsServer::start();
+        let subs = format!(
+            "{}{}",
+            sub("s", "o.*", "max_deliver = 2\nbackoff_ms = 200"),
+            sub("dl", "dead.s", "")
+        );
+        let b = open(&server.url, &subs).await;
+        let src = source(&b, 0);
+        let dl = source(&b, 1);
+        for p in ["a1", "a2"] {
+            b.publish("o.a", p.as_bytes().to_vec(), vec![("h".into(), p.into())])
+                .await
+                .unwrap();
+        }
+        let first = next(&src).await;
+        assert_eq!((text(&first).as_str(), first.delivery), ("a1", 1));
+        let t = Instant::now();
+        src.fail(Delivery { message: first }, "boom".into()).await;
+        // a2 waits for a1's redelivery, after the backoff.
+        let again = next(&src).await;
+        assert!(
+            t.elapsed() >= Duration::from_millis(180),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!((text(&again).as_str(), again.delivery), ("a1", 2));
+        src.fail(Delivery { message: again }, "boom\nagain".into())
+            .await;
+        let dead = next(&dl).await;
+        assert_eq!(
+            (dead.subject.as_str(), text(&dead).as_str()),
+            ("dead.s", "a1")
+        );
+        let h: HashMap<_, _> = dead.headers.iter().cloned().collect();
+        assert_eq!(h["ficus-dead-letter-subscription"], "s");
+        assert_eq!(h["ficus-dead-letter-subject"], "o.a");
+        assert_eq!(h["ficus-dead-letter-reason"], "boom again");
+        assert_eq!(h["h"], "a1");
+        dl.ack(Delivery { message: dead }).await;
+        let second = next(&src).await;
+        assert_eq!((text(&second).as_str(), second.delivery), ("a2", 1));
+        src.ack(Delivery { message: second }).await;
+        let st = b.subscriptions();
+        assert_eq!(
+            (
+                st[0].acked,
+                st[0].failed,
+                st[0].redelivered,
+                st[0].dead_lettered
+            ),
+            (1, 2, 1, 1)
+        );
+        // Terminated and acked: nothing is left in the interest stream.
+        eventually("the stream is empty", || {
+            b.subscriptions().iter().all(|s| s.pending == 0)
+        })
+        .await;
+        let mut stream = b.stream.clone();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let messages = stream.info().await.unwrap().state.messages;
+            if messages == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "interest retention keeps {messages} acknowledged messages"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        b.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_most_once_drops_what_the_buffer_cannot_hold() {
+        let server = NatsServer::start();
+        let b = open(
+            &server.url,
+            &sub("f", "m.>", "delivery = \"at-most-once\"\nmax_in_flight = 2"),
+        )
+        .await;
+        let src = source(&b, 0);
+        for i in 0..10 {
+            b.publish("m.x.y", format!("{i}").into_bytes(), Vec::new())
+                .await
+                .unwrap();
+        }
+        eventually("8 dropped", || b.subscriptions()[0].dropped == 8).await;
+        let st = &b.subscriptions()[0];
+        assert_eq!((st.pending, st.delivery), (2, "at-most-once"));
+        let m = next(&src).await;
+        assert_eq!((text(&m).as_str(), m.subject.as_str()), ("0", "m.x.y"));
+        b.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn undelivered_messages_survive_a_restart() {
+        let server = NatsServer::start();
+        let subs = sub("s", "o.*", "");
+        let b = open(&server.url, &subs).await;
+        for i in 0..3 {
+            b.publish("o.a", format!("m{i}").into_bytes(), Vec::new())
+                .await
+                .unwrap();
+        }
+        // One is in hand when the node stops: handed back, not lost.
+        let src = source(&b, 0);
+        let _in_hand = next(&src).await;
+        b.shutdown(Duration::from_secs(1)).await;
+        drop(b);
+        // Published while no node runs: the durable consumer keeps interest.
+        let publisher = open(&server.url, "").await;
+        publisher
+            .publish("o.b", b"m3".to_vec(), Vec::new())
+            .await
+            .unwrap();
+        let b = open(&server.url, &subs).await;
+        let src = source(&b, 0);
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let m = next(&src).await;
+            got.push((text(&m), m.delivery));
+            src.ack(Delivery { message: m }).await;
+        }
+        got.sort();
+        // m0 was in hand, m1 and m2 in the stopped node's window: all three
+        // were handed back, so this is their second delivery. m3 was
+        // published while no subscriber ran.
+        assert_eq!(
+            got,
+            vec![
+                ("m0".to_string(), 2),
+                ("m1".to_string(), 2),
+                ("m2".to_string(), 2),
+                ("m3".to_string(), 1)
+            ]
+        );
+        b.shutdown(Duration::from_secs(1)).await;
+        publisher.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_messages_are_refused_and_an_unreachable_server_is_reported() {
+        let server = NatsServer::start();
+        let b = open(&server.url, &sub("s", "o.*", "")).await;
+        assert!(matches!(
+            b.publish("o.*", Vec::new(), Vec::new()).await,
+            Err(PubSubError::Invalid(_))
+        ));
+        assert_eq!(
+            b.publish("o.a", vec![0; 65], Vec::new()).await,
+            Err(PubSubError::TooLarge)
+        );
+        assert!(matches!(
+            b.publish("o.a", Vec::new(), vec![("Nats-Msg-Id".into(), "x".into())]).await,
+            Err(PubSubError::Invalid(m)) if m.contains("reserved")
+        ));
+        b.shutdown(Duration::from_secs(1)).await;
+        let port = crate::testing::nats_server::free_port();
+        let url = format!("nats://127.0.0.1:{port}");
+        let err = NatsBroker::open(&config(&url, &sub("s", "o.*", "")))
+            .await
+            .err()
+            .expect("no server there");
+        let text = err.to_string();
+        assert!(
+            text.contains("cannot connect to NATS at") && text.contains(&url),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn durable_names_follow_the_queue_group() {
+        let mut s = Subscription::new("audit", "o.>", "p");
+        assert_eq!(durable_name(&s), "ficus_sub_audit");
+        s.queue = Some("workers".into());
+        assert_eq!(durable_name(&s), "ficus_queue_workers");
     }
 }
