@@ -228,8 +228,8 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         }
     });
     let engine = Arc::new(engine_for(&config)?);
-    let elector = elector_to_run(&config).await?;
     let broker = pubsub::Backend::open(&config).await?;
+    let elector = elector_to_run(&config).await?;
     let services = Services {
         leader: elector.clone(),
         pubsub: broker.publisher(),
