@@ -242,21 +242,25 @@ impl Core {
         headers: &[Header],
     ) -> Result<(), PubSubError> {
         let nats_subject = self.nats_subject(subject);
-        let mut map = HeaderMap::new();
-        for (name, value) in headers {
-            map.append(name.as_str(), value.as_str());
-        }
+        let header_map = || {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.append(name.as_str(), value.as_str());
+            }
+            map
+        };
         let payload = bytes::Bytes::from(payload);
         if !self.durable_interest(subject) {
             let r = if headers.is_empty() {
                 self.client.publish(nats_subject, payload).await
             } else {
                 self.client
-                    .publish_with_headers(nats_subject, map, payload)
+                    .publish_with_headers(nats_subject, header_map(), payload)
                     .await
             };
             return r.map_err(|e| PubSubError::Unavailable(format!("NATS publish: {e}")));
         }
+        let mut map = header_map();
         map.insert(
             "Nats-Msg-Id",
             format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)).as_str(),
