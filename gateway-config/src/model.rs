@@ -345,8 +345,8 @@ pub struct Backend {
     #[serde(default)]
     pub kind: BackendKind,
     /// Directory of the embedded backend's data, relative to the configuration file's
-    /// directory. Default: `"./data"`. With `kind = "nats"`, pub/sub still keeps its data
-    /// here.
+    /// directory. Default: `"./data"`. With `kind = "nats"`, the read models still keep
+    /// their data here (events, leases and pub/sub are on NATS).
     #[serde(default = "defaults::data_dir")]
     pub data_dir: PathBuf,
     /// NATS server URLs (`nats://host:port` or `tls://host:port`), tried in turn. Required

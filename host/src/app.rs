@@ -243,6 +243,9 @@ async fn backend_info(config: &Config) -> anyhow::Result<crate::admin::backend::
     if uses_read_models {
         streams.push(backend.readmodels_stream().to_owned());
     }
+    if !config.subscriptions.is_empty() {
+        streams.push(crate::capability::pubsub::nats::DEFAULT_STREAM.to_owned());
+    }
     BackendInfo::connect_nats(
         backend.servers.clone(),
         backend.credentials.as_ref().map(|c| config.resolve(c)),
@@ -300,11 +303,11 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         }
     });
     let engine = Arc::new(engine_for(&config)?);
+    let broker = pubsub::Backend::open(&config).await?;
     let elector = elector_to_run(&config).await?;
-    let broker = Arc::new(pubsub::broker::Broker::open(&config)?);
     let services = Services {
         leader: elector.clone(),
-        pubsub: broker.clone(),
+        pubsub: broker.publisher(),
         events: events_for(&config).await?,
         read_models: read_models_for(&config).await?,
         ..services_for(&config)
@@ -374,7 +377,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         token: config.server.admin_token.clone(),
         started: SystemTime::now(),
         leader: elector.clone(),
-        pubsub: broker.clone(),
+        pubsub: broker.publisher(),
         events: event_store,
         projections: projections.clone(),
         backend: backend_info(&config).await?,

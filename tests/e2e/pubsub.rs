@@ -4,6 +4,7 @@
 //! a trap, dead letters, per-subject order, durability across kill -9, the at-most-once drop
 //! policy, and bad configs rejected by `ficus check`.
 
+use crate::nats_server::NatsServer;
 use crate::support::{dead_endpoint, Cfg, Gateway, TempDir, Upstream};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -28,8 +29,19 @@ fn fixture(file: &str) -> String {
 }
 
 /// A config with the `sub` subscriber plugin, the `pub` publisher on `/publish` (subject from
-/// `x-subject`, payload from `x-payload`, answers 202), a data dir, and `extra` TOML.
+/// `x-subject`, payload from `x-payload`, answers 202), a data dir, and `extra` TOML, on the
+/// embedded backend.
 fn cfg(data: &Path, extra: &str) -> Cfg {
+    cfg_on("", data, extra)
+}
+
+/// The `[backend]` lines of a gateway on the NATS server `nats`.
+fn nats_backend(nats: &NatsServer) -> String {
+    format!("kind = \"nats\"\nservers = [{:?}]\n", nats.url)
+}
+
+/// [`cfg`] with `backend` lines in `[backend]` (empty: embedded; [`nats_backend`]: NATS).
+fn cfg_on(backend: &str, data: &Path, extra: &str) -> Cfg {
     Cfg::new()
         .plugin_source(
             "sub",
@@ -39,7 +51,7 @@ fn cfg(data: &Path, extra: &str) -> Cfg {
         .plugin_source("pub", &fixture("publisher.wasm"), "grants = [\"pubsub\"]")
         .upstream("nowhere", &[dead_endpoint()], "")
         .toml(&format!(
-            "[backend]\ndata_dir = {:?}\n\
+            "[backend]\ndata_dir = {:?}\n{backend}\
              [[routes]]\nmatch = {{ path = \"/publish\" }}\nupstream = \"nowhere\"\n\
              pipeline = [{{ plugin = \"pub\", config = {{ subject = \"default.subject\", \
              subject_header = \"x-subject\", payload_header = \"x-payload\", respond = 202 }} }}]\n\
@@ -154,8 +166,22 @@ fn n(stats: &BTreeMap<String, Value>, sub: &str, key: &str) -> u64 {
 
 #[tokio::test]
 async fn fan_out_wildcards_and_a_queue_group_that_delivers_each_message_once() {
-    let data = TempDir::new("pubsub-fanout");
-    let gw = Gateway::start(&cfg(
+    fan_out("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_fan_out_wildcards_and_a_queue_group_that_delivers_each_message_once() {
+    let nats = NatsServer::start();
+    fan_out(&nats_backend(&nats)).await;
+}
+
+async fn fan_out(backend: &str) {
+    let data = TempDir::new(&format!(
+        "pubsub-fanout{}",
+        if backend.is_empty() { "" } else { "-nats" }
+    ));
+    let gw = Gateway::start(&cfg_on(
+        backend,
         data.path(),
         r#"
         [[subscriptions]]
@@ -262,8 +288,22 @@ async fn fan_out_wildcards_and_a_queue_group_that_delivers_each_message_once() {
 
 #[tokio::test]
 async fn failed_deliveries_are_retried_in_order_then_dead_lettered() {
-    let data = TempDir::new("pubsub-retry");
-    let gw = Gateway::start(&cfg(
+    retries("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_failed_deliveries_are_retried_in_order_then_dead_lettered() {
+    let nats = NatsServer::start();
+    retries(&nats_backend(&nats)).await;
+}
+
+async fn retries(backend: &str) {
+    let data = TempDir::new(&format!(
+        "pubsub-retry{}",
+        if backend.is_empty() { "" } else { "-nats" }
+    ));
+    let gw = Gateway::start(&cfg_on(
+        backend,
         data.path(),
         r#"
         [[subscriptions]]
@@ -474,8 +514,22 @@ async fn durable_messages_survive_kill_9_and_duplicates_are_counted() {
 
 #[tokio::test]
 async fn at_most_once_drops_what_a_slow_subscriber_cannot_take() {
-    let data = TempDir::new("pubsub-drop");
-    let gw = Gateway::start(&cfg(
+    drops("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_at_most_once_drops_what_a_slow_subscriber_cannot_take() {
+    let nats = NatsServer::start();
+    drops(&nats_backend(&nats)).await;
+}
+
+async fn drops(backend: &str) {
+    let data = TempDir::new(&format!(
+        "pubsub-drop{}",
+        if backend.is_empty() { "" } else { "-nats" }
+    ));
+    let gw = Gateway::start(&cfg_on(
+        backend,
         data.path(),
         r#"
         [[subscriptions]]
@@ -515,7 +569,20 @@ async fn at_most_once_drops_what_a_slow_subscriber_cannot_take() {
 
 #[tokio::test]
 async fn a_filter_publishes_order_placed_and_the_request_goes_on() {
-    let data = TempDir::new("pubsub-order");
+    order_placed("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_filter_publishes_order_placed_and_the_request_goes_on() {
+    let nats = NatsServer::start();
+    order_placed(&nats_backend(&nats)).await;
+}
+
+async fn order_placed(backend: &str) {
+    let data = TempDir::new(&format!(
+        "pubsub-order{}",
+        if backend.is_empty() { "" } else { "-nats" }
+    ));
     let upstream = Upstream::start("orders");
     let gw = Gateway::start(
         &Cfg::new()
@@ -523,7 +590,7 @@ async fn a_filter_publishes_order_placed_and_the_request_goes_on() {
             .plugin_source("pub", &fixture("publisher.wasm"), "grants = [\"pubsub\"]")
             .upstream("orders", &[upstream.endpoint()], "")
             .toml(&format!(
-                "[backend]\ndata_dir = {:?}\n[pubsub]\nmax_message_bytes = 64\n\
+                "[backend]\ndata_dir = {:?}\n{backend}[pubsub]\nmax_message_bytes = 64\n\
                  [[routes]]\nmatch = {{ path_prefix = \"/orders\" }}\nupstream = \"orders\"\n\
                  pipeline = [{{ plugin = \"pub\", config = {{ subject = \"orders.placed\", \
                  subject_header = \"x-subject\" }} }}]\n\
@@ -703,4 +770,102 @@ async fn graceful_shutdown_finishes_the_message_in_hand_and_reload_refuses_new_s
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(received(&again.stderr()).is_empty(), "{}", again.stderr());
     assert_eq!(n(&subscriptions(&again).await, "slow", "redelivered"), 0);
+}
+
+/// `[backend] kind = "nats"`: three gateways on one nats-server, each with the at-least-once
+/// subscription `work` (one shared JetStream consumer). A numbered stream of messages is
+/// published while one subscriber node is killed with -9: every message is processed at least
+/// once (none lost); duplicates (the dead node's unacknowledged messages, redelivered after
+/// the consumer's ack wait) are counted and printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_three_nodes_share_a_subscription_and_lose_nothing_when_one_is_killed() {
+    let nats = NatsServer::start();
+    let backend = nats_backend(&nats);
+    let dirs: Vec<TempDir> = (0..3)
+        .map(|i| TempDir::new(&format!("pubsub-nats-node{i}")))
+        .collect();
+    let node = |i: usize| {
+        Gateway::start(&cfg_on(
+            &backend,
+            dirs[i].path(),
+            &format!(
+                r#"
+                [[subscriptions]]
+                name = "work"
+                subject = "jobs.*"
+                plugin = "sub"
+                max_in_flight = 4
+                config = {{ label = "n{i}", busy_ms = 15 }}
+                "#
+            ),
+        ))
+    };
+    let (a, b, c) = (node(0), node(1), node(2));
+    let count = 90;
+    for i in 0..count / 2 {
+        publish(&a, &format!("jobs.s{}", i % 3), &format!("m{i}")).await;
+    }
+    wait_for(&[&b], "node 1 handles some messages", |all| all.len() >= 3).await;
+    b.kill_9().await;
+    let before_kill = received(&b.stderr()).len();
+    for i in count / 2..count {
+        publish(&c, &format!("jobs.s{}", i % 3), &format!("m{i}")).await;
+    }
+    let all = wait_for(&[&a, &b, &c], "every message processed", |all| {
+        (0..count).all(|i| all.iter().any(|r| r.payload == format!("m{i}")))
+    })
+    .await;
+    // Let redeliveries still in flight show up before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log: String = [&a, &b, &c].iter().map(|g| g.stderr()).collect();
+    let all_now = received(&log);
+    assert!(all_now.len() >= all.len());
+    let mut times: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &all_now {
+        *times.entry(r.payload.as_str()).or_default() += 1;
+    }
+    assert_eq!(times.len(), count, "every message, none lost: {times:?}");
+    let duplicates: usize = times.values().map(|n| n - 1).sum();
+    let per_node: Vec<usize> = ["n0", "n1", "n2"]
+        .iter()
+        .map(|l| of(&all_now, l).len())
+        .collect();
+    eprintln!(
+        "nats cross-node: {count} messages, {} deliveries (per node {per_node:?}), node 1 killed \
+         after {before_kill} deliveries, {duplicates} duplicates",
+        all_now.len()
+    );
+    assert!(
+        per_node[0] > 0 && per_node[2] > 0,
+        "the surviving nodes share the work: {per_node:?}"
+    );
+    // The survivors drain the consumer: nothing pending for the shared subscription.
+    wait_stats(&a, "the consumer drains", |s| n(s, "work", "pending") == 0).await;
+    let acked =
+        n(&subscriptions(&a).await, "work", "acked") + n(&subscriptions(&c).await, "work", "acked");
+    assert!(
+        acked as usize + before_kill >= count,
+        "acked {acked} + {before_kill} before the kill < {count}"
+    );
+}
+
+/// `[backend] kind = "nats"` with no server listening: `ficus run` fails at start with a clear
+/// error naming the servers.
+#[tokio::test]
+async fn nats_unreachable_servers_fail_the_start_clearly() {
+    let data = TempDir::new("pubsub-nats-unreachable");
+    let url = format!("nats://127.0.0.1:{}", crate::nats_server::free_port());
+    let err = Gateway::try_start(&cfg_on(
+        &format!("kind = \"nats\"\nservers = [{url:?}]\n"),
+        data.path(),
+        "[[subscriptions]]\nname = \"s\"\nsubject = \"a.b\"\nplugin = \"sub\"\n",
+    ))
+    .err()
+    .expect("no NATS server: the gateway must not start");
+    assert!(
+        err.stderr.contains("pub/sub ([backend] kind = \"nats\")")
+            && err.stderr.contains("cannot connect to NATS at")
+            && err.stderr.contains(&url),
+        "{err}"
+    );
 }

@@ -35,15 +35,24 @@ pub const DB_FILE: &str = "pubsub.redb";
 
 /// Retry settings of a durable queue.
 #[derive(Debug, Clone, Copy)]
-struct Retry {
-    max_deliver: u32,
-    backoff: Duration,
-    backoff_max: Duration,
+pub(super) struct Retry {
+    pub(super) max_deliver: u32,
+    pub(super) backoff: Duration,
+    pub(super) backoff_max: Duration,
 }
 
 impl Retry {
+    /// The retry settings of subscription `s`.
+    pub(super) fn of(s: &Subscription) -> Retry {
+        Retry {
+            max_deliver: s.max_deliver,
+            backoff: Duration::from_millis(s.backoff_ms),
+            backoff_max: Duration::from_millis(s.backoff_max_ms),
+        }
+    }
+
     /// Delay before delivery `n + 1` after `n` failed ones.
-    fn delay(&self, failed: u32) -> Duration {
+    pub(super) fn delay(&self, failed: u32) -> Duration {
         let factor = 1u32 << failed.saturating_sub(1).min(20);
         self.backoff.saturating_mul(factor).min(self.backoff_max)
     }
@@ -266,11 +275,7 @@ impl Routing {
                 sequence: self.transient_sequence.fetch_add(1, Ordering::Relaxed),
                 delivery: 1,
             };
-            if q.tx.try_send(m).is_err() {
-                q.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("ficus_pubsub_dropped_total", "subscription" => q.name.to_string())
-                    .increment(1);
-            }
+            q.offer(m);
         }
     }
 
@@ -298,7 +303,7 @@ struct DurableSource {
     dead_letter: String,
 }
 
-fn clean_header_value(text: &str) -> String {
+pub(super) fn clean_header_value(text: &str) -> String {
     let mut s: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -459,6 +464,45 @@ impl Source for DurableSource {
     }
 }
 
+impl TransientQueue {
+    /// An empty queue of `capacity` messages for subscription or group
+    /// `name`, counting acknowledgements on `acks`.
+    pub(super) fn new(
+        name: &str,
+        capacity: usize,
+        acks: Arc<watch::Sender<u64>>,
+    ) -> TransientQueue {
+        let (tx, rx) = mpsc::channel(capacity);
+        TransientQueue {
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+            capacity,
+            acked: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            name: name.into(),
+            acks,
+        }
+    }
+
+    /// Buffer `message`, or drop (and count) it when the buffer is full.
+    pub(super) fn offer(&self, message: Message) {
+        if self.tx.try_send(message).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("ficus_pubsub_dropped_total", "subscription" => self.name.to_string())
+                .increment(1);
+        }
+    }
+
+    /// Fill the counters of `stats`.
+    pub(super) fn stats(&self, stats: &mut SubscriptionStats) {
+        stats.pending = (self.capacity - self.tx.capacity()) as u64;
+        stats.acked = self.acked.load(Ordering::Relaxed);
+        stats.failed = self.failed.load(Ordering::Relaxed);
+        stats.dropped = self.dropped.load(Ordering::Relaxed);
+    }
+}
+
 #[async_trait::async_trait]
 impl Source for TransientQueue {
     async fn next(&self, stop: &mut watch::Receiver<bool>) -> Option<Delivery> {
@@ -499,7 +543,7 @@ pub struct Broker {
 }
 
 /// The queue key of a subscription: its queue group's, or its own.
-fn queue_key(s: &Subscription) -> String {
+pub(super) fn queue_key(s: &Subscription) -> String {
     match &s.queue {
         Some(q) => format!("queue:{q}"),
         None => format!("sub:{}", s.name),
@@ -560,11 +604,7 @@ impl Broker {
                             let q = DurableQueue {
                                 key: key.as_str().into(),
                                 store: store.clone(),
-                                retry: Retry {
-                                    max_deliver: s.max_deliver,
-                                    backoff: Duration::from_millis(s.backoff_ms),
-                                    backoff_max: Duration::from_millis(s.backoff_max_ms),
-                                },
+                                retry: Retry::of(s),
                                 capacity: s.max_in_flight as usize,
                                 window: Mutex::new(Window {
                                     more: true,
@@ -577,19 +617,11 @@ impl Broker {
                             q.gauge();
                             Target::Durable(Arc::new(q))
                         }
-                        _ => {
-                            let (tx, rx) = mpsc::channel(s.max_in_flight as usize);
-                            Target::Transient(Arc::new(TransientQueue {
-                                tx,
-                                rx: tokio::sync::Mutex::new(rx),
-                                capacity: s.max_in_flight as usize,
-                                acked: AtomicU64::new(0),
-                                failed: AtomicU64::new(0),
-                                dropped: AtomicU64::new(0),
-                                name: s.queue.as_deref().unwrap_or(&s.name).into(),
-                                acks: acks.clone(),
-                            }))
-                        }
+                        _ => Target::Transient(Arc::new(TransientQueue::new(
+                            s.queue.as_deref().unwrap_or(&s.name),
+                            s.max_in_flight as usize,
+                            acks.clone(),
+                        ))),
                     };
                     queues.insert(key, t.clone());
                     routes.push((s.subject.clone(), t.clone()));
@@ -722,12 +754,7 @@ impl Publisher for Broker {
                         st.failed = q.failed.load(Ordering::Relaxed);
                         st.dead_letter = Some(c.dead_letter_subject());
                     }
-                    Target::Transient(q) => {
-                        st.pending = (q.capacity - q.tx.capacity()) as u64;
-                        st.acked = q.acked.load(Ordering::Relaxed);
-                        st.failed = q.failed.load(Ordering::Relaxed);
-                        st.dropped = q.dropped.load(Ordering::Relaxed);
-                    }
+                    Target::Transient(q) => q.stats(&mut st),
                 }
                 st
             })

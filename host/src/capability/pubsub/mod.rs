@@ -15,13 +15,79 @@
 //!   [`delivery::Source`], call the subscriber plugin and acknowledge or
 //!   reject it. They know nothing of the storage, so a JetStream consumer
 //!   can be another `Source`.
+//!
+//! With `[backend] kind = "nats"`, [`nats::NatsBroker`] is the backend:
+//! core NATS for at-most-once, JetStream for at-least-once (see its module
+//! docs). [`Backend`] is what `ficus run` holds: either broker, with one
+//! lifecycle (open, start, shutdown).
 
 pub mod broker;
 pub mod delivery;
+pub mod nats;
 pub mod store;
 pub mod subject;
 
+use crate::plugin::subscriber::{SubscriberFactory, SubscriberInstance};
 use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The pub/sub backend of a running gateway, chosen by `backend.kind`.
+#[derive(Clone)]
+pub enum Backend {
+    /// The embedded broker (`kind = "embedded"`).
+    Embedded(Arc<broker::Broker>),
+    /// The NATS broker (`kind = "nats"`).
+    Nats(Arc<nats::NatsBroker>),
+}
+
+impl Backend {
+    /// Open the backend `config` asks for. Nothing is delivered until
+    /// [`Backend::start`].
+    pub async fn open(config: &ficus_config::Config) -> anyhow::Result<Backend> {
+        match config.backend.kind {
+            ficus_config::BackendKind::Embedded => {
+                Ok(Backend::Embedded(Arc::new(broker::Broker::open(config)?)))
+            }
+            ficus_config::BackendKind::Nats => {
+                let b = nats::NatsBroker::open(config)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("pub/sub ([backend] kind = \"nats\"): {e}"))?;
+                tracing::info!(
+                    servers = %config.backend.servers.join(", "),
+                    stream = nats::DEFAULT_STREAM,
+                    server_version = b.server_version(),
+                    "pub/sub on NATS"
+                );
+                Ok(Backend::Nats(Arc::new(b)))
+            }
+        }
+    }
+
+    /// The publisher plugins and `/admin/subscriptions` use.
+    pub fn publisher(&self) -> Arc<dyn Publisher> {
+        match self {
+            Backend::Embedded(b) => b.clone(),
+            Backend::Nats(b) => b.clone(),
+        }
+    }
+
+    /// Start delivering to the loaded subscribers (config order).
+    pub fn start(&self, subscribers: Vec<(Arc<SubscriberFactory>, SubscriberInstance)>) {
+        match self {
+            Backend::Embedded(b) => b.start(subscribers),
+            Backend::Nats(b) => b.start(subscribers),
+        }
+    }
+
+    /// Stop delivering; the message in hand is finished within `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        match self {
+            Backend::Embedded(b) => b.shutdown(grace).await,
+            Backend::Nats(b) => b.shutdown(grace).await,
+        }
+    }
+}
 
 /// A message header: name and value.
 pub type Header = (String, String);
