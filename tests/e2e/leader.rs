@@ -17,7 +17,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The plugins this module adds (see `config::every_built_plugin_is_a_known_fixture`).
-pub(crate) const FIXTURES: [&str; 2] = ["tick-counter.wasm", "leader-probe.wasm"];
+pub(crate) const FIXTURES: [&str; 3] = [
+    "tick-counter.wasm",
+    "leader-probe.wasm",
+    "tick-appender.wasm",
+];
 
 /// Small lease timing so that failovers take about a second and a half.
 const TTL_MS: u64 = 1500;
@@ -47,21 +51,27 @@ fn node_cfg(data: &Path, id: &str, extra: &str) -> Cfg {
 
 /// [`node_cfg`] with extra `[backend]` keys.
 fn node_cfg_on(data: &Path, id: &str, extra: &str, backend: &str) -> Cfg {
-    // The tick counter appends to the event store only on NATS (embedded nodes share one data
-    // directory, and an embedded event store belongs to one process).
-    let counter = if backend.is_empty() {
-        r#"grants = ["log", "metrics", "leader"]"#
-    } else {
-        "grants = [\"log\", \"metrics\", \"leader\", \"events\"]\ntimeout_ms = 5000"
-    };
-    Cfg::new()
+    let mut cfg = Cfg::new()
         .plugin_source(
             "probe",
             &fixture("leader-probe.wasm"),
             r#"grants = ["leader"]"#,
         )
-        .plugin_source("counter", &fixture("tick-counter.wasm"), counter)
-        .upstream("nowhere", &[dead_endpoint()], "")
+        .plugin_source(
+            "counter",
+            &fixture("tick-counter.wasm"),
+            r#"grants = ["log", "metrics", "leader"]"#,
+        );
+    // The appending tick only on NATS (embedded nodes share one data directory, and an
+    // embedded event store belongs to one process).
+    if !backend.is_empty() {
+        cfg = cfg.plugin_source(
+            "appender",
+            &fixture("tick-appender.wasm"),
+            "grants = [\"log\", \"metrics\", \"leader\", \"events\"]\ntimeout_ms = 5000",
+        );
+    }
+    cfg.upstream("nowhere", &[dead_endpoint()], "")
         .toml(&format!(
             "[backend]\ndata_dir = {:?}\n{backend}\n[leader]\nnode_id = {id:?}\n{LEADER}\n\
              [[routes]]\nupstream = \"nowhere\"\npipeline = [{{ plugin = \"probe\" }}]\n{extra}",
@@ -698,7 +708,7 @@ async fn on_nats_a_stopped_leader_steps_down_and_its_late_append_is_fenced() {
     let nats = crate::nats_server::NatsServer::cluster(3);
     let servers: Vec<String> = nats.iter().map(|s| s.url.clone()).collect();
     // ~0.1-0.5 s of computation per tick: the process is nearly always inside one.
-    let ticks = "[[ticks]]\nname = \"append\"\nplugin = \"counter\"\nevery = \"100ms\"\n\
+    let ticks = "[[ticks]]\nname = \"append\"\nplugin = \"appender\"\nevery = \"100ms\"\n\
                  config = { append_stream = \"ticks\", busy_iterations = 200000000 }\n";
     let cluster = Cluster::start_on_nats(&servers, 3, ticks);
     let (leader, term) = agreed_leader(&cluster, &[0, 1, 2], WAIT).await;

@@ -125,7 +125,30 @@ impl NatsServer {
         for s in &mut servers {
             s.wait_ready(deadline);
         }
+        // Healthy nodes may not all be JetStream peers yet ("no suitable peers for
+        // placement" for a stream with `nodes` replicas): wait until the meta leader
+        // sees every other node current.
+        while !servers.iter().any(|s| s.meta_current_peers() + 1 >= nodes) {
+            assert!(
+                Instant::now() < deadline,
+                "the JetStream cluster did not form within {READY_TIMEOUT:?}; first node's log:\n{}",
+                servers[0].log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         servers
+    }
+
+    /// On the JetStream meta leader: how many other nodes it sees current
+    /// (only the leader's `/jsz` lists them; 0 elsewhere, or when the
+    /// monitoring endpoint does not answer).
+    fn meta_current_peers(&self) -> usize {
+        let reply = self.http_get("/jsz");
+        let compact: String = reply.chars().filter(|c| !c.is_whitespace()).collect();
+        compact
+            .split("\"meta_cluster\":")
+            .nth(1)
+            .map_or(0, |meta| meta.matches("\"current\":true").count())
     }
 
     fn spawn(name: &str, cluster: Option<String>) -> NatsServer {
@@ -201,19 +224,24 @@ impl NatsServer {
     }
 
     fn healthy(&self) -> bool {
+        let reply = self.http_get("/healthz");
+        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200")
+    }
+
+    /// `GET path` on the monitoring port: the raw reply ("" when none).
+    fn http_get(&self, path: &str) -> String {
         let addr: SocketAddr = ([127, 0, 0, 1], self.http_port).into();
         let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-            return false;
+            return String::new();
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .is_err()
-        {
-            return false;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        if s.write_all(request.as_bytes()).is_err() {
+            return String::new();
         }
         let mut reply = String::new();
         let _ = s.read_to_string(&mut reply);
-        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200")
+        reply
     }
 
     /// Kill the server now (SIGKILL), keeping its store for a restart.
