@@ -103,6 +103,10 @@ impl NatsServer {
     /// ports) and wait until every one is ready (a JetStream meta leader is
     /// elected), so that streams can have `nodes` replicas.
     pub fn cluster(nodes: usize) -> Vec<NatsServer> {
+        // One cluster forms at a time in a process: several forming at once on a 2-core
+        // machine can leave a JetStream meta group without placeable peers for 25 s+.
+        static FORMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _forming = FORMING.lock().unwrap_or_else(|p| p.into_inner());
         let route_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
         let routes: Vec<String> = route_ports
             .iter()
@@ -135,7 +139,7 @@ impl NatsServer {
                 eprintln!("nats_server: the JetStream meta leader did not report {nodes} current peers within 10 s; going on");
                 break;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(250));
         }
         servers
     }
