@@ -82,6 +82,46 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_STREAM: &str = "FICUS_EVENTS";
 /// Default subject prefix (`events.<stream>`).
 pub const DEFAULT_SUBJECT_PREFIX: &str = "events";
+/// Connect a named client to `servers` (with a `.creds` file if given): the
+/// connection every NATS backend opens, with 5 s connect and request
+/// timeouts.
+pub async fn connect(
+    name: &str,
+    servers: &[String],
+    credentials: Option<&std::path::Path>,
+) -> Result<async_nats::Client, NatsOpenError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(5)));
+    if let Some(path) = credentials {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| NatsOpenError::Credentials {
+                path: path.to_path_buf(),
+                error: e.to_string(),
+            })?;
+    }
+    let mut addrs = Vec::new();
+    for s in servers {
+        addrs.push(
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| NatsOpenError::Connect {
+                    servers: s.clone(),
+                    error: e.to_string(),
+                })?,
+        );
+    }
+    options
+        .connect(addrs)
+        .await
+        .map_err(|e| NatsOpenError::Connect {
+            servers: servers.join(", "),
+            error: e.to_string(),
+        })
+}
+
 /// How long an append waits for JetStream's acknowledgement before it is
 /// retried (within `retry_for`).
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -356,37 +396,8 @@ impl NatsEvents {
                 options.stream
             )));
         }
-        let mut connect = async_nats::ConnectOptions::new()
-            .name("ficus")
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(5)));
-        if let Some(path) = &options.credentials {
-            connect =
-                connect
-                    .credentials_file(path)
-                    .await
-                    .map_err(|e| NatsOpenError::Credentials {
-                        path: path.clone(),
-                        error: e.to_string(),
-                    })?;
-        }
-        let servers = options.servers.join(", ");
-        let mut addrs = Vec::new();
-        for s in &options.servers {
-            addrs.push(s.parse::<async_nats::ServerAddr>().map_err(|e| {
-                NatsOpenError::Connect {
-                    servers: s.clone(),
-                    error: e.to_string(),
-                }
-            })?);
-        }
-        let client = connect
-            .connect(addrs)
-            .await
-            .map_err(|e| NatsOpenError::Connect {
-                servers: servers.clone(),
-                error: e.to_string(),
-            })?;
+        let client = connect("ficus", &options.servers, options.credentials.as_deref()).await?;
+
         let info = client.server_info();
         let server_version = info.version;
         if info.max_payload < super::MAX_APPEND_BYTES + 64 * 1024 {

@@ -216,37 +216,13 @@ impl NatsReadModels {
                 options.stream
             )));
         }
-        let mut connect = async_nats::ConnectOptions::new()
-            .name("ficus-readmodels")
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(5)));
-        if let Some(path) = &options.credentials {
-            connect =
-                connect
-                    .credentials_file(path)
-                    .await
-                    .map_err(|e| NatsOpenError::Credentials {
-                        path: path.clone(),
-                        error: e.to_string(),
-                    })?;
-        }
-        let servers = options.servers.join(", ");
-        let mut addrs = Vec::new();
-        for s in &options.servers {
-            addrs.push(s.parse::<async_nats::ServerAddr>().map_err(|e| {
-                NatsOpenError::Connect {
-                    servers: s.clone(),
-                    error: e.to_string(),
-                }
-            })?);
-        }
-        let client = connect
-            .connect(addrs)
-            .await
-            .map_err(|e| NatsOpenError::Connect {
-                servers,
-                error: e.to_string(),
-            })?;
+        let client = crate::capability::events::nats::connect(
+            "ficus-readmodels",
+            &options.servers,
+            options.credentials.as_deref(),
+        )
+        .await?;
+
         let info = client.server_info();
         if options.replicas > 1 && !safe_with_replicas(&info.version) {
             return Err(NatsOpenError::ServerTooOld {
