@@ -231,6 +231,10 @@ fn request(headers: HeaderMap) -> Box<RequestState> {
         headers,
         scheme: "http",
         client_addr: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+        client_ip: ficus::pipeline::exchange::client_ip_value(SocketAddr::from((
+            [127, 0, 0, 1],
+            40_000,
+        ))),
         route: "bench".into(),
         body: Bytes::new(),
         body_exposed: false,

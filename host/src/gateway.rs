@@ -368,14 +368,16 @@ impl Gateway {
         self: Arc<Self>,
         req: http::Request<hyper::body::Incoming>,
         client_addr: SocketAddr,
+        client_ip: HeaderValue,
     ) -> Pin<Box<dyn Future<Output = http::Response<BoxBody>> + Send>> {
-        Box::pin(async move { self.serve(req, client_addr).await })
+        Box::pin(async move { self.serve(req, client_addr, client_ip).await })
     }
 
     async fn serve(
         self: Arc<Self>,
         req: http::Request<hyper::body::Incoming>,
         client_addr: SocketAddr,
+        client_ip: HeaderValue,
     ) -> http::Response<BoxBody> {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
@@ -422,6 +424,7 @@ impl Gateway {
             headers,
             scheme: "http",
             client_addr,
+            client_ip,
             route: route.name.clone(),
             body,
             body_exposed: route.plugin_body,
@@ -430,6 +433,15 @@ impl Gateway {
             context: Vec::new(),
             mirror: None,
         });
+        if !route.needs_own_task() {
+            // No filter of this route has an `on-response` hook, so a client
+            // going away (hyper dropping this future) cannot cut a pipeline
+            // between its hooks: run it here, without a task of its own.
+            let mut unfinished = pipeline::Unfinished::new(&route, started);
+            let resp = pipeline::run_for_client(&route, &self.clusters, req, started, None).await;
+            unfinished.finished();
+            return resp;
+        }
         // The pipeline runs on a task of its own, so that a client going away
         // (hyper drops this future) cannot cut it between `on-request` and
         // `on-response`: dropping `client` tells the pipeline to abandon the
@@ -437,7 +449,7 @@ impl Gateway {
         let (client, gone) = tokio::sync::watch::channel(());
         let gateway = self.clone();
         let task = tokio::spawn(async move {
-            pipeline::run_for_client(&route, &gateway.clusters, req, started, gone).await
+            pipeline::run_for_client(&route, &gateway.clusters, req, started, Some(gone)).await
         });
         let result = task.await;
         drop(client);

@@ -2,7 +2,7 @@
 //! forwarding headers, hop-by-hop headers, request bodies and the request body limit (413).
 
 use crate::support::{
-    dead_endpoint, raw_http, unique, BrokenUpstream, Cfg, Gateway, Shared, Upstream,
+    dead_endpoint, metric, raw_http, unique, BrokenUpstream, Cfg, Gateway, Shared, Upstream,
 };
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,11 @@ upstream = "dead"
 [[routes]]
 name = "slow"
 match = { path_prefix = "/slow" }
+upstream = "slow"
+
+[[routes]]
+name = "leaving"
+match = { path_prefix = "/leaving" }
 upstream = "slow"
 
 [[routes]]
@@ -146,6 +151,42 @@ async fn slow_upstream_times_out_with_504() {
 
     // Within the timeout the answer gets through.
     let resp = gw.get("/slow").header("x-delay-ms", "20").send().await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+}
+
+/// A route without response hooks runs its pipeline on the client's own
+/// connection task; a client that goes away still shows in the route's
+/// metrics, as a `499` (class 4xx), and the gateway keeps serving.
+#[tokio::test]
+async fn a_client_that_goes_away_is_counted_as_499() {
+    let env = ENV.get();
+    let gw = &env.gw;
+    let _watch = gw.watch();
+    let gone = gw
+        .get("/leaving")
+        .header("x-delay-ms", "250")
+        .timeout(Duration::from_millis(80))
+        .try_send()
+        .await;
+    assert!(gone.is_err(), "the client gave up first: {gone:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = gw.metrics().await;
+        let left = metric(
+            &text,
+            "ficus_requests_total",
+            &[("route", "leaving"), ("class", "4xx")],
+        );
+        if left == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned request is counted once as 4xx (499): {left:?}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = gw.get("/leaving").header("x-delay-ms", "10").send().await;
     assert_eq!(resp.status, 200, "{resp:?}");
 }
 

@@ -26,19 +26,36 @@ pub fn plugin_may_edit(name: &HeaderName) -> bool {
     name != http::header::CONTENT_LENGTH && !HOP_BY_HOP.contains(&name.as_str())
 }
 
+/// [`HOP_BY_HOP`] as header names, so removing them parses nothing.
+static HOP_BY_HOP_NAMES: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+];
+
 /// Remove hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if headers.is_empty() {
+        return;
     }
-    for n in HOP_BY_HOP {
+    if headers.contains_key(http::header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP_NAMES {
         headers.remove(n);
     }
 }
@@ -56,6 +73,9 @@ pub struct RequestState {
     pub scheme: &'static str,
     /// The client's address.
     pub client_addr: SocketAddr,
+    /// The client's IP address as a header value (for `X-Forwarded-For`),
+    /// made once per connection by [`client_ip_value`].
+    pub client_ip: HeaderValue,
     /// Name of the matched route.
     pub route: Arc<str>,
     /// The buffered request body.
@@ -124,6 +144,12 @@ pub struct ResponseState {
     pub body: Option<Bytes>,
     /// Whether plugins may see and replace the body.
     pub body_exposed: bool,
+}
+
+/// The IP address of `addr` as a header value.
+pub fn client_ip_value(addr: SocketAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(addr.ip().to_string()))
+        .expect("an IP address is a valid header value")
 }
 
 /// Parse a header name and value given by a plugin.

@@ -77,6 +77,19 @@ pub struct Route {
     pub metrics: RouteMetrics,
 }
 
+impl Route {
+    /// Whether a request on this route must run on a task of its own, so
+    /// that a client going away cannot cut the pipeline between a filter's
+    /// `on-request` and its `on-response`. Routes where no filter (nor a
+    /// canary version) has an `on-response` hook run on the client's own
+    /// future: one task spawn, wake-up and channel fewer per request.
+    pub fn needs_own_task(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| s.pool.wants_response() || s.canary.is_some())
+    }
+}
+
 /// Pre-registered per-route metrics (cheap on the request path).
 pub struct RouteMetrics {
     by_class: [metrics::Counter; 5],
@@ -217,18 +230,56 @@ pub async fn run(
     req: Box<RequestState>,
     started: Instant,
 ) -> http::Response<BoxBody> {
-    let (_client, gone) = tokio::sync::watch::channel(());
-    run_for_client(route, clusters, req, started, gone).await
+    run_for_client(route, clusters, req, started, None).await
 }
 
 /// Resolves once the client has gone away: the sender of `gone` (held by the
-/// client's request future) was dropped. Nothing is ever sent on it.
-async fn client_gone(gone: &mut tokio::sync::watch::Receiver<()>) {
-    while gone.changed().await.is_ok() {}
+/// client's request future) was dropped. Nothing is ever sent on it. Without
+/// a receiver (a pipeline run by the client's own future) it never resolves.
+async fn client_gone(gone: &mut Option<tokio::sync::watch::Receiver<()>>) {
+    match gone {
+        Some(gone) => while gone.changed().await.is_ok() {},
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts a request as `499` in the route's metrics when its pipeline,
+/// run by the client's own future, is dropped because the client went away.
+pub struct Unfinished<'a> {
+    route: &'a Route,
+    started: Instant,
+    done: bool,
+}
+
+impl<'a> Unfinished<'a> {
+    /// Watch a request on `route` that started at `started`.
+    pub fn new(route: &'a Route, started: Instant) -> Self {
+        Unfinished {
+            route,
+            started,
+            done: false,
+        }
+    }
+
+    /// The pipeline ended (and recorded its own outcome).
+    pub fn finished(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let status =
+                StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST);
+            self.route.metrics.record(status, self.started);
+        }
+    }
 }
 
 /// Run a matched request through the route. `gone` reports the client going
-/// away (its sender dropped); the pipeline still runs to its end, so that
+/// away (its sender dropped; `None` when the client's own future runs the
+/// pipeline, see [`Route::needs_own_task`]); the pipeline still runs to its end, so that
 /// every filter whose `on-request` ran gets its `on-response`, but the
 /// upstream attempt in progress and any retry are abandoned: the filters see a
 /// local [`CLIENT_CLOSED_REQUEST`] response instead.
@@ -237,7 +288,7 @@ pub async fn run_for_client(
     clusters: &Clusters,
     mut req: Box<RequestState>,
     started: Instant,
-    mut gone: tokio::sync::watch::Receiver<()>,
+    mut gone: Option<tokio::sync::watch::Receiver<()>>,
 ) -> http::Response<BoxBody> {
     let n = route.steps.len();
     let mut slots: Vec<Slot> = Vec::with_capacity(n);
@@ -471,12 +522,14 @@ async fn destination(
             UpstreamError::NoEndpoint,
         );
     };
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(endpoint.authority.clone())
-        .path_and_query(req.path_and_query())
-        .build();
-    let uri = match uri {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(endpoint.authority.clone());
+    uri.path_and_query = Some(match req.uri.path_and_query() {
+        Some(pq) => pq.clone(),
+        None => http::uri::PathAndQuery::from_static("/"),
+    });
+    let uri = match http::Uri::from_parts(uri) {
         Ok(u) => u,
         Err(_) => {
             return upstream_failure(
@@ -494,19 +547,15 @@ async fn destination(
     *out.uri_mut() = uri;
     let mut headers = req.headers.clone();
     if !headers.contains_key(http::header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&req.authority()) {
-            headers.insert(http::header::HOST, v);
+        if let Some(a) = req.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                headers.insert(http::header::HOST, v);
+            }
         }
     }
-    let client_ip = req.client_addr.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client_ip}"),
-        None => client_ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(req.scheme));
+    let xff = forwarded_for(headers.get(X_FORWARDED_FOR), &req.client_ip);
+    headers.insert(X_FORWARDED_FOR, xff);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(req.scheme));
     *out.headers_mut() = headers;
 
     let timeout = req.attempt_timeout.unwrap_or(cluster.timeout);
@@ -564,6 +613,23 @@ async fn destination(
                 failure.kind,
             )
         }
+    }
+}
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
+/// `X-Forwarded-For` with the client's address appended to what came in.
+fn forwarded_for(prev: Option<&HeaderValue>, client: &HeaderValue) -> HeaderValue {
+    match prev.filter(|p| p.to_str().is_ok()) {
+        Some(prev) => {
+            let mut buf = Vec::with_capacity(prev.len() + 2 + client.len());
+            buf.extend_from_slice(prev.as_bytes());
+            buf.extend_from_slice(b", ");
+            buf.extend_from_slice(client.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(buf)).unwrap_or_else(|_| client.clone())
+        }
+        None => client.clone(),
     }
 }
 

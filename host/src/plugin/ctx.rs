@@ -9,9 +9,9 @@ use crate::capability;
 use crate::capability::leader::LeaderView;
 use crate::capability::pubsub::{PubSubError, Publisher};
 use crate::capability::state::{StateBackend, StateError};
-use crate::pipeline::exchange::{header_pair, plugin_may_edit, RequestState, ResponseState};
+use crate::pipeline::exchange::{plugin_may_edit, RequestState, ResponseState};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -331,7 +331,7 @@ fn header_edit(
     if !plugin_may_edit(&n) {
         return Err(HeaderError::Forbidden);
     }
-    let (n, v) = header_pair(n.as_str(), value).ok_or(HeaderError::InvalidValue)?;
+    let v = HeaderValue::from_bytes(value).map_err(|_| HeaderError::InvalidValue)?;
     if append {
         h.append(n, v);
     } else {

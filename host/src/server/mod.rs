@@ -64,9 +64,10 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let gateway = gateway.clone();
+                let client_ip = crate::pipeline::exchange::client_ip_value(client_addr);
                 let service = hyper::service::service_fn(move |req| {
                     let generation = gateway.load_full();
-                    let fut = generation.handle(req, client_addr);
+                    let fut = generation.handle(req, client_addr, client_ip.clone());
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
