@@ -96,7 +96,7 @@ use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -212,8 +212,8 @@ struct Core {
     /// Patterns (ficus form) of this node's at-least-once subscriptions.
     local_durable: Vec<String>,
     /// Patterns (ficus form) of every durable consumer of the stream, as
-    /// last listed.
-    remote_durable: RwLock<Vec<String>>,
+    /// last listed (read on every publish, without a lock).
+    remote_durable: arc_swap::ArcSwap<Vec<String>>,
     /// Acknowledged messages since start (all subscriptions).
     acks: Arc<watch::Sender<u64>>,
     /// Messages handed to at-most-once queues since start (their sequence).
@@ -222,15 +222,18 @@ struct Core {
 
 impl Core {
     fn nats_subject(&self, subject: &str) -> String {
-        format!("{}.{subject}", self.prefix)
+        let mut s = String::with_capacity(self.prefix.len() + 1 + subject.len());
+        s.push_str(&self.prefix);
+        s.push('.');
+        s.push_str(subject);
+        s
     }
 
     fn durable_interest(&self, subject: &str) -> bool {
         self.local_durable.iter().any(|p| matches(p, subject))
             || self
                 .remote_durable
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
+                .load()
                 .iter()
                 .any(|p| matches(p, subject))
     }
@@ -695,6 +698,8 @@ pub struct NatsBroker {
     workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     server_version: String,
+    /// `ficus_pubsub_published_total`, registered once.
+    published: metrics::Counter,
 }
 
 /// The durable consumer name of subscription `s`.
@@ -798,7 +803,7 @@ impl NatsBroker {
                 .filter(|s| s.delivery == Mode::AtLeastOnce)
                 .map(|s| s.subject.clone())
                 .collect(),
-            remote_durable: RwLock::new(Vec::new()),
+            remote_durable: arc_swap::ArcSwap::from_pointee(Vec::new()),
             acks: acks.clone(),
             transient_sequence: AtomicU64::new(1),
         });
@@ -887,6 +892,7 @@ impl NatsBroker {
             workers: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             server_version,
+            published: metrics::counter!("ficus_pubsub_published_total"),
         };
         broker.refresh().await;
         let watcher = tokio::spawn(Self::watch_consumers(
@@ -953,10 +959,7 @@ impl NatsBroker {
                 );
             }
         }
-        *core
-            .remote_durable
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = patterns;
+        core.remote_durable.store(Arc::new(patterns));
     }
 
     async fn watch_consumers(
@@ -1120,7 +1123,7 @@ impl Publisher for NatsBroker {
         }
         let r = self.core.publish(subject, payload, &headers).await;
         if r.is_ok() {
-            metrics::counter!("ficus_pubsub_published_total").increment(1);
+            self.published.increment(1);
         }
         r
     }
