@@ -342,12 +342,19 @@ pub async fn run_for_client(
         }
     }
 
+    // With no response hook to run (hence no retry) and no mirror, nothing
+    // reads the request's headers after the attempt: move them to the
+    // upstream instead of copying them.
+    let last_use = req.mirror.is_none()
+        && ran
+            .iter()
+            .all(|&i| !route.steps[i].pool_for(&slots[i]).wants_response());
     let mut attempt = 1u32;
     loop {
         let mut produced = match local.take() {
             Some(p) => p,
             None => tokio::select! {
-                p = destination(route, clusters, &req, target.as_ref(), attempt) => p,
+                p = destination(route, clusters, &mut req, target.as_ref(), attempt, last_use) => p,
                 () = client_gone(&mut gone) => client_closed(attempt, route.plugin_body),
             },
         };
@@ -485,13 +492,15 @@ fn local_info(attempt: u32) -> AttemptInfo {
     }
 }
 
-/// Make one attempt at the destination.
+/// Make one attempt at the destination. With `last_use`, the request's
+/// headers are moved to the upstream request (nothing reads them afterwards).
 async fn destination(
     route: &Route,
     clusters: &Clusters,
-    req: &RequestState,
+    req: &mut RequestState,
     target: Option<&crate::plugin::bindings::UpstreamTarget>,
     attempt: u32,
+    last_use: bool,
 ) -> Produced {
     let cluster = match (target, &route.destination) {
         (Some(t), _) => match clusters.get(&t.cluster) {
@@ -545,7 +554,11 @@ async fn destination(
     let mut out = http::Request::new(Full::new(req.body.clone()));
     *out.method_mut() = req.method.clone();
     *out.uri_mut() = uri;
-    let mut headers = req.headers.clone();
+    let mut headers = if last_use {
+        std::mem::take(&mut req.headers)
+    } else {
+        req.headers.clone()
+    };
     if !headers.contains_key(http::header::HOST) {
         if let Some(a) = req.uri.authority() {
             if let Ok(v) = HeaderValue::from_str(a.as_str()) {
