@@ -13,6 +13,10 @@
 //! JavaScript's, or a leak) would otherwise fail a request when it finally
 //! hits the limit. In `fresh` mode a request gets its own instance for both hooks
 //! and drops it at the end.
+//!
+//! The pool is a stack (last in, first out): the instance checked out is the
+//! one used most recently, whose memory, stack and store are still in the CPU's
+//! caches. A queue would rotate every call through all idle instances.
 
 use super::bindings::{AttemptInfo, Filter, FilterPre, HookSet, RequestAction, ResponseAction};
 use super::ctx::{
@@ -23,7 +27,6 @@ use super::engine::PluginEngine;
 use super::linker::{check_imports, filter_linker};
 use super::{Grants, Hook, PluginError};
 use crate::pipeline::exchange::{RequestState, ResponseState};
-use crossbeam_queue::ArrayQueue;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, Resource};
@@ -68,12 +71,51 @@ fn retire_threshold(baseline: usize, limit: usize) -> usize {
     baseline + limit.saturating_sub(baseline) / 4 * 3
 }
 
+/// Idle warm instances, most recently used on top, at most `capacity`.
+struct WarmStack<T = Instance> {
+    idle: std::sync::Mutex<Vec<T>>,
+    capacity: usize,
+}
+
+impl<T> WarmStack<T> {
+    fn new(capacity: usize) -> Self {
+        WarmStack {
+            idle: std::sync::Mutex::new(Vec::with_capacity(capacity)),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently returned instance.
+    fn pop(&self) -> Option<T> {
+        self.lock().pop()
+    }
+
+    /// Return an instance; a full stack hands it back (to be dropped, outside
+    /// the lock).
+    fn push(&self, instance: T) -> Result<(), T> {
+        let mut idle = self.lock();
+        if idle.len() >= self.capacity {
+            return Err(instance);
+        }
+        idle.push(instance);
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
 /// The warm instances of one pipeline step.
 pub struct FilterPool {
     spec: FilterSpec,
     pre: FilterPre<PluginCtx>,
     caps: Arc<Capabilities>,
-    warm: ArrayQueue<Instance>,
+    warm: WarmStack,
     hooks: HookSet,
 }
 
@@ -98,7 +140,7 @@ impl FilterPool {
             ))
         })?;
         let mut pool = FilterPool {
-            warm: ArrayQueue::new(spec.pool_size.max(1)),
+            warm: WarmStack::new(spec.pool_size.max(1)),
             spec,
             pre,
             caps,
@@ -292,7 +334,22 @@ impl FilterPool {
 
 #[cfg(test)]
 mod tests {
-    use super::retire_threshold;
+    use super::{retire_threshold, WarmStack};
+
+    #[test]
+    fn the_warm_pool_hands_out_the_most_recently_returned_instance() {
+        let warm = WarmStack::new(2);
+        assert_eq!(warm.pop(), None::<u32>);
+        assert_eq!(warm.push(1), Ok(()));
+        assert_eq!(warm.push(2), Ok(()));
+        assert_eq!(warm.push(3), Err(3), "a full pool hands the extra one back");
+        assert_eq!(warm.len(), 2);
+        assert_eq!(warm.pop(), Some(2), "last in, first out");
+        assert_eq!(warm.push(4), Ok(()));
+        assert_eq!(warm.pop(), Some(4));
+        assert_eq!(warm.pop(), Some(1));
+        assert_eq!(warm.pop(), None);
+    }
 
     #[test]
     fn retire_threshold_is_three_quarters_of_the_headroom() {
