@@ -103,6 +103,7 @@ impl NatsServer {
     /// ports) and wait until every one is ready (a JetStream meta leader is
     /// elected), so that streams can have `nodes` replicas.
     pub fn cluster(nodes: usize) -> Vec<NatsServer> {
+        const PEERS_TIMEOUT: Duration = Duration::from_secs(60);
         // One cluster forms at a time in a process: several forming at once on a 2-core
         // machine can leave a JetStream meta group without placeable peers for 25 s+.
         static FORMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -133,10 +134,14 @@ impl NatsServer {
         // placement" for a stream with `nodes` replicas): wait, for a bounded time, until
         // the meta leader reports every other node current. Best effort: the backends
         // retry stream creation anyway, so a cluster that reports late is not a failure.
-        let peers_deadline = Instant::now() + Duration::from_secs(10);
+        // Under a loaded CI machine (polyglot builds in parallel) forming took over 25 s
+        // once, so wait up to a minute; a cluster that forms fast costs nothing extra.
+        let peers_deadline = Instant::now() + PEERS_TIMEOUT;
         while !servers.iter().any(|s| s.meta_current_peers() + 1 >= nodes) {
             if Instant::now() > peers_deadline {
-                eprintln!("nats_server: the JetStream meta leader did not report {nodes} current peers within 10 s; going on");
+                eprintln!(
+                    "nats_server: the JetStream meta leader did not report {nodes} current peers within {PEERS_TIMEOUT:?}; going on"
+                );
                 break;
             }
             std::thread::sleep(Duration::from_millis(250));
