@@ -22,6 +22,55 @@ use std::time::{Duration, Instant};
 /// How long a server (or cluster) may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long, once every node is healthy, the JetStream meta leader may take
+/// to see every other node current. A loaded 2-core CI machine once took 25 s.
+const PEERS_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// How many times [`NatsServer::cluster`] starts a cluster afresh.
+const CLUSTER_ATTEMPTS: usize = 3;
+
+/// What each node of a cluster that did not form says about itself: its
+/// routes, its JetStream meta view and the end of its log.
+fn cluster_report(servers: &[NatsServer]) -> String {
+    let mut out = String::new();
+    for s in servers {
+        let body = |path: &str| {
+            let reply = s.http_get(path);
+            reply
+                .split_once("\r\n\r\n")
+                .map_or(reply.clone(), |(_, b)| b.to_string())
+        };
+        let routez: String = body("/routez")
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let num_routes = routez
+            .split("\"num_routes\":")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or("?")
+            .to_string();
+        let jsz: String = body("/jsz")
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let meta = jsz
+            .split("\"meta_cluster\":")
+            .nth(1)
+            .map_or("(none)".to_string(), |m| m.chars().take(600).collect());
+        let log = s.log();
+        let tail: Vec<&str> = log.lines().rev().take(25).collect();
+        out.push_str(&format!(
+            "--- {} (client {}, monitor {}): routes {num_routes}, meta {meta}\n{}\n",
+            s.dir.display(),
+            s.port,
+            s.http_port,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    out
+}
+
 /// The `nats-server` binary to run: `FICUS_NATS_SERVER`, else
 /// `target/nats/bin/nats-server`, else the one on `PATH`. Panics with what to
 /// do when there is none.
@@ -100,14 +149,55 @@ impl NatsServer {
     }
 
     /// Start `nodes` clustered JetStream nodes (routes on free loopback
-    /// ports) and wait until every one is ready (a JetStream meta leader is
-    /// elected), so that streams can have `nodes` replicas.
+    /// ports) and wait until every one is ready and the JetStream meta leader
+    /// sees every other node current, so that streams can have `nodes`
+    /// replicas. A cluster that does not form in time is torn down, its
+    /// nodes' state is printed, and a new one is started on fresh ports (at
+    /// most [`CLUSTER_ATTEMPTS`] times; then the test fails with the state).
     pub fn cluster(nodes: usize) -> Vec<NatsServer> {
-        const PEERS_TIMEOUT: Duration = Duration::from_secs(60);
         // One cluster forms at a time in a process: several forming at once on a 2-core
         // machine can leave a JetStream meta group without placeable peers for 25 s+.
         static FORMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _forming = FORMING.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reports = Vec::new();
+        for attempt in 1..=CLUSTER_ATTEMPTS {
+            let started = Instant::now();
+            let servers = NatsServer::spawn_cluster(nodes);
+            if servers.iter().any(|s| s.meta_current_peers() + 1 >= nodes) {
+                if attempt > 1 || started.elapsed() > Duration::from_secs(10) {
+                    eprintln!(
+                        "nats_server: {nodes}-node cluster formed in {:?} (attempt {attempt})",
+                        started.elapsed()
+                    );
+                }
+                return servers;
+            }
+            let report = cluster_report(&servers);
+            eprintln!(
+                "nats_server: attempt {attempt}: the JetStream meta leader did not report {nodes} \
+                 current peers within {PEERS_TIMEOUT:?}; node state:\n{report}"
+            );
+            reports.push(report);
+        }
+        panic!(
+            "nats_server: a {nodes}-node JetStream cluster did not form in {CLUSTER_ATTEMPTS} \
+             attempts; the last one:\n{}",
+            reports.pop().unwrap_or_default()
+        );
+    }
+
+    /// One attempt of [`cluster`](NatsServer::cluster): start the nodes, wait
+    /// until each is healthy, then up to [`PEERS_TIMEOUT`] until the meta
+    /// leader reports every other node current.
+    fn spawn_cluster(nodes: usize) -> Vec<NatsServer> {
+        static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
+        // A name of its own: a node of another cluster (of this or an earlier test
+        // process) that dials a reused route port is refused, not joined.
+        let name = format!(
+            "ficus-test-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::Relaxed)
+        );
         let route_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
         let routes: Vec<String> = route_ports
             .iter()
@@ -120,7 +210,7 @@ impl NatsServer {
                 NatsServer::spawn(
                     &format!("n{}", i + 1),
                     Some(format!(
-                        "cluster {{\n  name: ficus-test\n  listen: 127.0.0.1:{port}\n  routes: [{}]\n}}\n",
+                        "cluster {{\n  name: {name}\n  listen: 127.0.0.1:{port}\n  routes: [{}]\n}}\n",
                         routes.join(", ")
                     )),
                 )
@@ -130,20 +220,10 @@ impl NatsServer {
         for s in &mut servers {
             s.wait_ready(deadline);
         }
-        // Healthy nodes may not all be JetStream peers yet ("no suitable peers for
-        // placement" for a stream with `nodes` replicas): wait, for a bounded time, until
-        // the meta leader reports every other node current. Best effort: the backends
-        // retry stream creation anyway, so a cluster that reports late is not a failure.
-        // Under a loaded CI machine (polyglot builds in parallel) forming took over 25 s
-        // once, so wait up to a minute; a cluster that forms fast costs nothing extra.
         let peers_deadline = Instant::now() + PEERS_TIMEOUT;
-        while !servers.iter().any(|s| s.meta_current_peers() + 1 >= nodes) {
-            if Instant::now() > peers_deadline {
-                eprintln!(
-                    "nats_server: the JetStream meta leader did not report {nodes} current peers within {PEERS_TIMEOUT:?}; going on"
-                );
-                break;
-            }
+        while !servers.iter().any(|s| s.meta_current_peers() + 1 >= nodes)
+            && Instant::now() < peers_deadline
+        {
             std::thread::sleep(Duration::from_millis(250));
         }
         servers
