@@ -10,7 +10,7 @@
 //! | group | what |
 //! | --- | --- |
 //! | `hook` | a warm `on-request` call on a request with 10 headers: the real WIT (`request` resource, the guest reads headers `a` and `b`), an empty hook, the guest copying all headers with `req.headers()`, and the rejected design where every call receives every header as a `list<tuple<string, list<u8>>>` |
-//! | `instantiate` | `FilterPool::instantiate` (new store + pooled instance + `configure`) of the `headers` plugin, against a bare `Store::new` and the gateway's `new_store`; and a fresh instance plus one call |
+//! | `instantiate` | `FilterPool::instantiate` (new store + pooled instance + `configure`) of the `headers` plugin and the new store + pooled instance alone (no `configure`), against a bare `Store::new` and the gateway's `new_store`; and a fresh instance plus one call |
 //! | `polyglot` | the same filter written in Rust, Python and JavaScript (`plugins-polyglot/`): `FilterPool::instantiate` + `configure`, and a warm `on-request` (geo-router reads a header and routes; api-key checks a header and increments a `state` counter). Needs the components built by the e2e suite (`cargo test -p ficus --test e2e polyglot`); skipped with a note otherwise |
 //! | `pipeline` | `ficus::pipeline::run` in-process to a loopback upstream started here, with 0 and 1 plugin, and a 1-plugin route whose filter answers directly |
 //!
@@ -26,6 +26,7 @@ use ficus::plugin::bindings::RequestAction;
 use ficus::plugin::ctx::{new_store, Capabilities};
 use ficus::plugin::engine::{EngineOptions, PluginEngine};
 use ficus::plugin::filter::{FilterPool, FilterSpec};
+use ficus::plugin::linker::filter_linker;
 use ficus::plugin::Grants;
 use ficus::upstream::{Balance, Cluster};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
@@ -132,8 +133,11 @@ fn env() -> &'static Env {
             .enable_all()
             .build()
             .expect("tokio runtime");
+        // Precompiled artifacts on disk, as the gateway keeps them: a second
+        // run starts in seconds instead of recompiling the Python and
+        // JavaScript components (over 45 s on 2 cores).
         let engine = PluginEngine::new(&EngineOptions {
-            cache_dir: None,
+            cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-plugin-cache")),
             max_instances: 1000,
         })
         .expect("plugin engine");
@@ -640,6 +644,48 @@ fn bench_instantiate(c: &mut Criterion) {
         })
     });
 
+    // wasmtime's part alone: a new store and a pooled instance of the same
+    // pre-linked component, without the guest's `configure`. Each case times
+    // the instantiation and the drop (the pooling allocator resetting the
+    // slots: memory, tables, fiber stack) apart, and records the drop under
+    // its own id; criterion sees the instantiation.
+    let (headers_component, _) = component("headers");
+    let headers_pre = filter_linker(engine, Grants::default())
+        .expect("filter linker")
+        .instantiate_pre(&headers_component)
+        .expect("link headers");
+    let id = "instantiate/instance_only";
+    c.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            env.rt.block_on(async {
+                let (mut made, mut dropped) = (Duration::ZERO, Duration::ZERO);
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let mut store = new_store(
+                        engine,
+                        env.caps.clone(),
+                        Grants::default(),
+                        16 << 20,
+                        Duration::from_secs(5),
+                        0,
+                    );
+                    store.set_epoch_deadline(1_000);
+                    let instance = headers_pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .expect("instantiate");
+                    let live = black_box((instance, store));
+                    made += start.elapsed();
+                    let start = Instant::now();
+                    drop(live);
+                    dropped += start.elapsed();
+                }
+                record("instantiate/instance_only_drop", iters, dropped);
+                record(id, iters, made)
+            })
+        })
+    });
+
     let headers_pool = pool(
         "headers",
         r#"{"request":{"set":{"x-bench":"1"}}}"#,
@@ -650,12 +696,18 @@ fn bench_instantiate(c: &mut Criterion) {
     c.bench_function(id, |b| {
         b.iter_custom(|iters| {
             env.rt.block_on(async {
-                let start = Instant::now();
+                let (mut made, mut dropped) = (Duration::ZERO, Duration::ZERO);
                 for _ in 0..iters {
+                    let start = Instant::now();
+                    let live = black_box(headers_pool.instantiate().await.expect("instantiate"));
+                    made += start.elapsed();
                     // Dropped at once: the slot goes back to the pooling allocator.
-                    black_box(headers_pool.instantiate().await.expect("instantiate"));
+                    let start = Instant::now();
+                    drop(live);
+                    dropped += start.elapsed();
                 }
-                record(id, iters, start.elapsed())
+                record("instantiate/filter_pool_drop", iters, dropped);
+                record(id, iters, made)
             })
         })
     });
@@ -954,6 +1006,15 @@ fn summary() {
         ),
     );
     line(
+        "new_store + pooled instance (headers), no configure",
+        "instantiate/instance_only",
+        format!(
+            "{}; = {} of bare Store::new",
+            target("instantiate/instance_only", 10_000.0),
+            ratio("instantiate/instance_only", "instantiate/store_new_bare")
+        ),
+    );
+    line(
         "FilterPool::instantiate (headers) + configure",
         "instantiate/filter_pool_instantiate",
         format!(
@@ -963,6 +1024,15 @@ fn summary() {
                 "instantiate/filter_pool_instantiate",
                 "instantiate/store_new_bare"
             )
+        ),
+    );
+    line(
+        "  then dropping it (slot reset: memory, tables, stack)",
+        "instantiate/filter_pool_drop",
+        format!(
+            "(without configure: {})",
+            m("instantiate/instance_only_drop")
+                .map_or("n/a".into(), |ns| fmt_ns(ns).trim().to_owned())
         ),
     );
     line(
