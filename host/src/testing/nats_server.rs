@@ -137,6 +137,8 @@ pub struct NatsServer {
     pub http_port: u16,
     /// Its directory: config, JetStream store and log.
     pub dir: PathBuf,
+    /// The name of its cluster (unique per cluster); empty for a single node.
+    pub cluster_name: String,
     config: PathBuf,
 }
 
@@ -207,13 +209,15 @@ impl NatsServer {
             .iter()
             .enumerate()
             .map(|(i, port)| {
-                NatsServer::spawn(
+                let mut server = NatsServer::spawn(
                     &format!("n{}", i + 1),
                     Some(format!(
                         "cluster {{\n  name: {name}\n  listen: 127.0.0.1:{port}\n  routes: [{}]\n}}\n",
                         routes.join(", ")
                     )),
-                )
+                );
+                server.cluster_name = name.clone();
+                server
             })
             .collect();
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -260,6 +264,7 @@ impl NatsServer {
             port,
             http_port,
             dir,
+            cluster_name: String::new(),
             config,
         };
         server.launch();
