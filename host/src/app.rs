@@ -68,25 +68,15 @@ pub async fn elector_to_run(config: &Config) -> anyhow::Result<Arc<Elector>> {
     if backend.kind != ficus_config::BackendKind::Nats {
         return Ok(elector_for(config));
     }
-    let mut connect = async_nats::ConnectOptions::new()
-        .name("ficus-leader")
-        .connection_timeout(Duration::from_secs(5));
-    if let Some(creds) = &backend.credentials {
-        let path = config.resolve(creds);
-        connect = connect
-            .credentials_file(&path)
-            .await
-            .map_err(|e| anyhow!("backend.credentials {}: {e}", path.display()))?;
-    }
-    let client = connect
-        .connect(backend.servers.clone())
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "leader election ([backend] kind = \"nats\"): cannot connect to {}: {e}",
-                backend.servers.join(", ")
-            )
-        })?;
+    let credentials = backend.credentials.as_ref().map(|c| config.resolve(c));
+    let client = crate::capability::nats::connect(
+        "ficus-leader",
+        &backend.servers,
+        credentials.as_deref(),
+        crate::capability::nats::Initial::Required,
+    )
+    .await
+    .map_err(|e| anyhow!("leader election ([backend] kind = \"nats\"): {e}"))?;
     let version = client.server_info().version;
     if backend.replicas() > 1 && !crate::capability::events::nats::safe_with_replicas(&version) {
         return Err(anyhow!(

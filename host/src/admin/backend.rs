@@ -36,20 +36,14 @@ impl BackendInfo {
         replicas: u8,
         streams: Vec<String>,
     ) -> anyhow::Result<BackendInfo> {
-        let mut options = async_nats::ConnectOptions::new()
-            .name("ficus-admin")
-            .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect();
-        if let Some(path) = &credentials {
-            options = options
-                .credentials_file(path)
-                .await
-                .map_err(|e| anyhow::anyhow!("backend.credentials {}: {e}", path.display()))?;
-        }
-        let client = options
-            .connect(servers.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("admin: cannot connect to {}: {e}", servers.join(", ")))?;
+        let client = crate::capability::nats::connect(
+            "ficus-admin",
+            &servers,
+            credentials.as_deref(),
+            crate::capability::nats::Initial::InBackground,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("admin: {e}"))?;
         Ok(BackendInfo::Nats {
             client,
             servers,

@@ -6,6 +6,7 @@ pub mod events;
 pub mod leader;
 pub mod log;
 pub mod metrics;
+pub mod nats;
 pub mod pubsub;
 pub mod readmodel;
 pub mod state;

@@ -90,36 +90,13 @@ pub async fn connect(
     servers: &[String],
     credentials: Option<&std::path::Path>,
 ) -> Result<async_nats::Client, NatsOpenError> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_secs(5)));
-    if let Some(path) = credentials {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|e| NatsOpenError::Credentials {
-                path: path.to_path_buf(),
-                error: e.to_string(),
-            })?;
-    }
-    let mut addrs = Vec::new();
-    for s in servers {
-        addrs.push(
-            s.parse::<async_nats::ServerAddr>()
-                .map_err(|e| NatsOpenError::Connect {
-                    servers: s.clone(),
-                    error: e.to_string(),
-                })?,
-        );
-    }
-    options
-        .connect(addrs)
-        .await
-        .map_err(|e| NatsOpenError::Connect {
-            servers: servers.join(", "),
-            error: e.to_string(),
-        })
+    Ok(crate::capability::nats::connect(
+        name,
+        servers,
+        credentials,
+        crate::capability::nats::Initial::Required,
+    )
+    .await?)
 }
 
 /// How long an append waits for JetStream's acknowledgement before it is
@@ -181,22 +158,10 @@ pub enum NatsOpenError {
     /// The options are unusable.
     #[error("{0}")]
     Options(String),
-    /// The credentials file could not be read.
-    #[error("cannot read the NATS credentials file {path}: {error}")]
-    Credentials {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        error: String,
-    },
-    /// No server could be reached.
-    #[error("cannot connect to NATS at {servers}: {error}")]
-    Connect {
-        /// The servers tried.
-        servers: String,
-        /// Why.
-        error: String,
-    },
+    /// No connection: an unreadable credentials file, a malformed address
+    /// or no server reachable.
+    #[error(transparent)]
+    Connect(#[from] crate::capability::nats::ConnectError),
     /// The server is too old for the options.
     #[error(
         "nats-server {version} is too old for replicas = {replicas}: replicated event streams \

@@ -158,22 +158,10 @@ pub enum NatsPubSubError {
     /// The options are unusable.
     #[error("{0}")]
     Options(String),
-    /// The credentials file could not be read.
-    #[error("cannot read the NATS credentials file {path}: {error}")]
-    Credentials {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        error: String,
-    },
-    /// No server could be reached.
-    #[error("cannot connect to NATS at {servers}: {error}")]
-    Connect {
-        /// The servers tried.
-        servers: String,
-        /// Why.
-        error: String,
-    },
+    /// No connection: an unreadable credentials file, a malformed address
+    /// or no server reachable.
+    #[error(transparent)]
+    Connect(#[from] crate::capability::nats::ConnectError),
     /// The server is too old for the options.
     #[error(
         "nats-server {version} is too old for replicas = {replicas}: replicated streams need \
@@ -728,37 +716,14 @@ impl NatsBroker {
         if options.servers.is_empty() {
             return Err(NatsPubSubError::Options("no NATS servers given".into()));
         }
-        let mut connect = async_nats::ConnectOptions::new()
-            .name("ficus-pubsub")
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(5)));
-        if let Some(path) = &options.credentials {
-            connect =
-                connect
-                    .credentials_file(path)
-                    .await
-                    .map_err(|e| NatsPubSubError::Credentials {
-                        path: path.clone(),
-                        error: e.to_string(),
-                    })?;
-        }
         let servers = options.servers.join(", ");
-        let mut addrs = Vec::new();
-        for s in &options.servers {
-            addrs.push(s.parse::<async_nats::ServerAddr>().map_err(|e| {
-                NatsPubSubError::Connect {
-                    servers: s.clone(),
-                    error: e.to_string(),
-                }
-            })?);
-        }
-        let client = connect
-            .connect(addrs)
-            .await
-            .map_err(|e| NatsPubSubError::Connect {
-                servers: servers.clone(),
-                error: e.to_string(),
-            })?;
+        let client = crate::capability::nats::connect(
+            "ficus-pubsub",
+            &options.servers,
+            options.credentials.as_deref(),
+            crate::capability::nats::Initial::Required,
+        )
+        .await?;
         let server_version = client.server_info().version;
         if options.replicas > 1 && !safe_with_replicas(&server_version) {
             return Err(NatsPubSubError::ServerTooOld {
@@ -868,9 +833,13 @@ impl NatsBroker {
                     let sub = client
                         .queue_subscribe(format!("{prefix}.{}", s.subject), group.to_owned())
                         .await
-                        .map_err(|e| NatsPubSubError::Connect {
-                            servers: servers.clone(),
-                            error: format!("subscribe: {e}"),
+                        .map_err(|e| {
+                            NatsPubSubError::Connect(
+                                crate::capability::nats::ConnectError::Connect {
+                                    servers: servers.clone(),
+                                    error: format!("subscribe: {e}"),
+                                },
+                            )
                         })?;
                     core_subs.push((sub, q.clone()));
                     Target::Transient(q)
