@@ -611,6 +611,29 @@ fn bench_polyglot(c: &mut Criterion) {
 
 // ---------------------------------------------------------------- instantiate
 
+/// Run `make` `iters` times, timing what it makes and then its drop (the
+/// pooling allocator resetting the slots: memory, tables, fiber stack) apart:
+/// the drop is recorded under `drop_id`, the making under `id` and returned
+/// to criterion.
+async fn time_apart<T, F: std::future::Future<Output = T>>(
+    id: &str,
+    drop_id: &str,
+    iters: u64,
+    mut make: impl FnMut() -> F,
+) -> Duration {
+    let (mut made, mut dropped) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..iters {
+        let start = Instant::now();
+        let live = black_box(make().await);
+        made += start.elapsed();
+        let start = Instant::now();
+        drop(live);
+        dropped += start.elapsed();
+    }
+    record(drop_id, iters, dropped);
+    record(id, iters, made)
+}
+
 fn bench_instantiate(c: &mut Criterion) {
     let env = env();
     let engine = env.engine.engine();
@@ -645,10 +668,7 @@ fn bench_instantiate(c: &mut Criterion) {
     });
 
     // wasmtime's part alone: a new store and a pooled instance of the same
-    // pre-linked component, without the guest's `configure`. Each case times
-    // the instantiation and the drop (the pooling allocator resetting the
-    // slots: memory, tables, fiber stack) apart, and records the drop under
-    // its own id; criterion sees the instantiation.
+    // pre-linked component, without the guest's `configure`.
     let (headers_component, _) = component("headers");
     let headers_pre = filter_linker(engine, Grants::default())
         .expect("filter linker")
@@ -657,10 +677,11 @@ fn bench_instantiate(c: &mut Criterion) {
     let id = "instantiate/instance_only";
     c.bench_function(id, |b| {
         b.iter_custom(|iters| {
-            env.rt.block_on(async {
-                let (mut made, mut dropped) = (Duration::ZERO, Duration::ZERO);
-                for _ in 0..iters {
-                    let start = Instant::now();
+            env.rt.block_on(time_apart(
+                id,
+                "instantiate/instance_only_drop",
+                iters,
+                || async {
                     let mut store = new_store(
                         engine,
                         env.caps.clone(),
@@ -674,15 +695,9 @@ fn bench_instantiate(c: &mut Criterion) {
                         .instantiate_async(&mut store)
                         .await
                         .expect("instantiate");
-                    let live = black_box((instance, store));
-                    made += start.elapsed();
-                    let start = Instant::now();
-                    drop(live);
-                    dropped += start.elapsed();
-                }
-                record("instantiate/instance_only_drop", iters, dropped);
-                record(id, iters, made)
-            })
+                    (instance, store)
+                },
+            ))
         })
     });
 
@@ -695,20 +710,12 @@ fn bench_instantiate(c: &mut Criterion) {
     let id = "instantiate/filter_pool_instantiate";
     c.bench_function(id, |b| {
         b.iter_custom(|iters| {
-            env.rt.block_on(async {
-                let (mut made, mut dropped) = (Duration::ZERO, Duration::ZERO);
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    let live = black_box(headers_pool.instantiate().await.expect("instantiate"));
-                    made += start.elapsed();
-                    // Dropped at once: the slot goes back to the pooling allocator.
-                    let start = Instant::now();
-                    drop(live);
-                    dropped += start.elapsed();
-                }
-                record("instantiate/filter_pool_drop", iters, dropped);
-                record(id, iters, made)
-            })
+            env.rt.block_on(time_apart(
+                id,
+                "instantiate/filter_pool_drop",
+                iters,
+                || async { headers_pool.instantiate().await.expect("instantiate") },
+            ))
         })
     });
 

@@ -34,34 +34,16 @@ const CLUSTER_ATTEMPTS: usize = 3;
 fn cluster_report(servers: &[NatsServer]) -> String {
     let mut out = String::new();
     for s in servers {
-        let body = |path: &str| {
-            let reply = s.http_get(path);
-            reply
-                .split_once("\r\n\r\n")
-                .map_or(reply.clone(), |(_, b)| b.to_string())
-        };
-        let routez: String = body("/routez")
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        let num_routes = routez
-            .split("\"num_routes\":")
-            .nth(1)
+        let routes = after(&s.monitor("/routez"), "\"num_routes\":")
             .and_then(|r| r.split(',').next())
             .unwrap_or("?")
             .to_string();
-        let jsz: String = body("/jsz")
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        let meta = jsz
-            .split("\"meta_cluster\":")
-            .nth(1)
+        let meta = after(&s.monitor("/jsz"), "\"meta_cluster\":")
             .map_or("(none)".to_string(), |m| m.chars().take(600).collect());
         let log = s.log();
         let tail: Vec<&str> = log.lines().rev().take(25).collect();
         out.push_str(&format!(
-            "--- {} (client {}, monitor {}): routes {num_routes}, meta {meta}\n{}\n",
+            "--- {} (client {}, monitor {}): routes {routes}, meta {meta}\n{}\n",
             s.dir.display(),
             s.port,
             s.http_port,
@@ -69,6 +51,11 @@ fn cluster_report(servers: &[NatsServer]) -> String {
         ));
     }
     out
+}
+
+/// The part of `text` after the first `key`, if any.
+fn after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.split_once(key).map(|(_, rest)| rest)
 }
 
 /// The `nats-server` binary to run: `FICUS_NATS_SERVER`, else
@@ -161,11 +148,11 @@ impl NatsServer {
         // machine can leave a JetStream meta group without placeable peers for 25 s+.
         static FORMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _forming = FORMING.lock().unwrap_or_else(|p| p.into_inner());
-        let mut reports = Vec::new();
+        let mut last_report = String::new();
         for attempt in 1..=CLUSTER_ATTEMPTS {
             let started = Instant::now();
-            let servers = NatsServer::spawn_cluster(nodes);
-            if servers.iter().any(|s| s.meta_current_peers() + 1 >= nodes) {
+            let (servers, formed) = NatsServer::spawn_cluster(nodes);
+            if formed {
                 if attempt > 1 || started.elapsed() > Duration::from_secs(10) {
                     eprintln!(
                         "nats_server: {nodes}-node cluster formed in {:?} (attempt {attempt})",
@@ -174,24 +161,22 @@ impl NatsServer {
                 }
                 return servers;
             }
-            let report = cluster_report(&servers);
+            last_report = cluster_report(&servers);
             eprintln!(
                 "nats_server: attempt {attempt}: the JetStream meta leader did not report {nodes} \
-                 current peers within {PEERS_TIMEOUT:?}; node state:\n{report}"
+                 current peers within {PEERS_TIMEOUT:?}; node state:\n{last_report}"
             );
-            reports.push(report);
         }
         panic!(
             "nats_server: a {nodes}-node JetStream cluster did not form in {CLUSTER_ATTEMPTS} \
-             attempts; the last one:\n{}",
-            reports.pop().unwrap_or_default()
+             attempts; the last one:\n{last_report}"
         );
     }
 
     /// One attempt of [`cluster`](NatsServer::cluster): start the nodes, wait
     /// until each is healthy, then up to [`PEERS_TIMEOUT`] until the meta
-    /// leader reports every other node current.
-    fn spawn_cluster(nodes: usize) -> Vec<NatsServer> {
+    /// leader reports every other node current. Also says whether it did.
+    fn spawn_cluster(nodes: usize) -> (Vec<NatsServer>, bool) {
         static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
         // A name of its own: a node of another cluster (of this or an earlier test
         // process) that dials a reused route port is refused, not joined.
@@ -225,24 +210,32 @@ impl NatsServer {
             s.wait_ready(deadline);
         }
         let peers_deadline = Instant::now() + PEERS_TIMEOUT;
-        while !servers.iter().any(|s| s.meta_current_peers() + 1 >= nodes)
-            && Instant::now() < peers_deadline
-        {
+        loop {
+            if servers.iter().any(|s| s.meta_current_peers() + 1 >= nodes) {
+                return (servers, true);
+            }
+            if Instant::now() >= peers_deadline {
+                return (servers, false);
+            }
             std::thread::sleep(Duration::from_millis(250));
         }
-        servers
     }
 
     /// On the JetStream meta leader: how many other nodes it sees current
     /// (only the leader's `/jsz` lists them; 0 elsewhere, or when the
     /// monitoring endpoint does not answer).
     fn meta_current_peers(&self) -> usize {
-        let reply = self.http_get("/jsz");
-        let compact: String = reply.chars().filter(|c| !c.is_whitespace()).collect();
-        compact
-            .split("\"meta_cluster\":")
-            .nth(1)
+        after(&self.monitor("/jsz"), "\"meta_cluster\":")
             .map_or(0, |meta| meta.matches("\"current\":true").count())
+    }
+
+    /// `GET path` on the monitoring port, without whitespace (so JSON keys
+    /// and values can be found as `"key":value`); "" when it does not answer.
+    fn monitor(&self, path: &str) -> String {
+        self.http_get(path)
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect()
     }
 
     fn spawn(name: &str, cluster: Option<String>) -> NatsServer {

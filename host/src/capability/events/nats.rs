@@ -82,23 +82,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const DEFAULT_STREAM: &str = "FICUS_EVENTS";
 /// Default subject prefix (`events.<stream>`).
 pub const DEFAULT_SUBJECT_PREFIX: &str = "events";
-/// Connect a named client to `servers` (with a `.creds` file if given): the
-/// connection every NATS backend opens, with 5 s connect and request
-/// timeouts.
-pub async fn connect(
-    name: &str,
-    servers: &[String],
-    credentials: Option<&std::path::Path>,
-) -> Result<async_nats::Client, NatsOpenError> {
-    Ok(crate::capability::nats::connect(
-        name,
-        servers,
-        credentials,
-        crate::capability::nats::Initial::Required,
-    )
-    .await?)
-}
-
 /// How long an append waits for JetStream's acknowledgement before it is
 /// retried (within `retry_for`).
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -361,7 +344,13 @@ impl NatsEvents {
                 options.stream
             )));
         }
-        let client = connect("ficus", &options.servers, options.credentials.as_deref()).await?;
+        let client = crate::capability::nats::connect(
+            "ficus",
+            &options.servers,
+            options.credentials.as_deref(),
+            crate::capability::nats::Initial::Required,
+        )
+        .await?;
 
         let info = client.server_info();
         let server_version = info.version;

@@ -162,6 +162,14 @@ pub enum NatsPubSubError {
     /// or no server reachable.
     #[error(transparent)]
     Connect(#[from] crate::capability::nats::ConnectError),
+    /// A core NATS subscription (at-most-once) could not be made.
+    #[error("cannot connect to NATS at {servers}: subscribe: {error}")]
+    Subscribe {
+        /// The servers of the connection.
+        servers: String,
+        /// Why.
+        error: String,
+    },
     /// The server is too old for the options.
     #[error(
         "nats-server {version} is too old for replicas = {replicas}: replicated streams need \
@@ -833,13 +841,9 @@ impl NatsBroker {
                     let sub = client
                         .queue_subscribe(format!("{prefix}.{}", s.subject), group.to_owned())
                         .await
-                        .map_err(|e| {
-                            NatsPubSubError::Connect(
-                                crate::capability::nats::ConnectError::Connect {
-                                    servers: servers.clone(),
-                                    error: format!("subscribe: {e}"),
-                                },
-                            )
+                        .map_err(|e| NatsPubSubError::Subscribe {
+                            servers: servers.clone(),
+                            error: e.to_string(),
                         })?;
                     core_subs.push((sub, q.clone()));
                     Target::Transient(q)

@@ -216,10 +216,11 @@ impl NatsReadModels {
                 options.stream
             )));
         }
-        let client = crate::capability::events::nats::connect(
+        let client = crate::capability::nats::connect(
             "ficus-readmodels",
             &options.servers,
             options.credentials.as_deref(),
+            crate::capability::nats::Initial::Required,
         )
         .await?;
 
