@@ -22,16 +22,17 @@
 # Each proxy is started fresh for each measurement, pinned to CPU 0
 # (`taskset -c 0`); wrk and the upstream share CPU 1. Targets are interleaved
 # over ROUNDS rounds; the table gives the median req/s, p50 and p99 latency,
-# the proxy's CPU time per request, and req/s relative to the bare proxy.
+# the proxy's CPU time per request, req/s relative to the bare proxy, and the
+# paired ratio (median over rounds of req/s over the bare proxy's that round).
 # Benchmarks report: this script never fails on a slow result.
 #
-# Knobs (environment): ROUNDS=3 DURATION=8 (seconds per run) WARMUP=2
+# Knobs (environment): ROUNDS=5 DURATION=6 (seconds per run) WARMUP=2
 # CONNECTIONS=32 THREADS=1 SKIP_BUILD=1 (use existing binaries).
-# With the defaults the measurements take about 3 minutes.
+# With the defaults each target takes about 50 s (all eight: ~7 minutes).
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-6}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
@@ -319,16 +320,33 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR
 col() { awk -F'\t' -v t="$1" -v c="$2" '$1 == t { print $c }' "$RESULTS" | median; }
 
 BARE_RPS=$(col bare 3)
+# paired_ratio TARGET: median (min-max) over rounds of TARGET's req/s over
+# the bare proxy's in the same round.
+paired_ratio() {
+    local ratios
+    ratios=$(awk -F'\t' -v t="$1" '
+        $1 == "bare" { bare[$2] = $3 }
+        $1 == t { mine[$2] = $3 }
+        END { for (r in mine) if (bare[r] > 0) print mine[r] / bare[r] }' "$RESULTS")
+    if [[ -z $ratios ]]; then
+        echo "n/a"
+        return
+    fi
+    printf '%.3fx (%.3f-%.3f)' "$(median <<<"$ratios")" "$(sort -g <<<"$ratios" | head -1)" "$(sort -g <<<"$ratios" | tail -1)"
+}
 echo
 echo "Ficus load test: loopback, 2-byte body, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, medians of $ROUNDS interleaved rounds"
 echo "(proxies pinned to CPU 0, wrk + upstream to CPU 1: ${PROXY_PIN[*]:-unpinned})"
-printf '%-18s %12s %10s %10s %14s %14s\n' target "req/s" "p50 (us)" "p99 (us)" "CPU us/req" "vs bare proxy"
+printf '%-18s %12s %10s %10s %14s %14s %24s\n' target "req/s" "p50 (us)" "p99 (us)" "CPU us/req" "vs bare proxy" "paired (min-max)"
 for target in "${TARGETS[@]}"; do
     rps=$(col "$target" 3)
     ratio=$(awk -v a="$rps" -v b="$BARE_RPS" 'BEGIN { if (b > 0) printf "%.3fx", a / b; else print "n/a" }')
-    printf '%-18s %12.0f %10.0f %10.0f %14.1f %14s\n' "$target" "$rps" "$(col "$target" 4)" "$(col "$target" 5)" "$(col "$target" 6)" "$ratio"
+    paired=$(paired_ratio "$target")
+    printf '%-18s %12.0f %10.0f %10.0f %14.1f %14s %24s\n' "$target" "$rps" "$(col "$target" 4)" "$(col "$target" 5)" "$(col "$target" 6)" "$ratio" "$paired"
 done
 echo "targets: ficus-0 >= 0.95x and ficus-1 >= 0.90x the bare proxy's req/s"
+echo "paired: the median of each round's req/s divided by the bare proxy's in the same round, with the"
+echo "rounds' lowest and highest ratio: a machine whose speed drifts between rounds moves both alike"
 if awk -F'\t' '$7 != "" { found = 1 } END { exit !found }' "$RESULTS"; then
     echo "note: some runs reported errors:"
     awk -F'\t' '$7 != "" { print "  " $1 " round " $2 ": " $7 }' "$RESULTS"

@@ -620,6 +620,7 @@ async fn time_apart<T, F: std::future::Future<Output = T>>(
     drop_id: &str,
     iters: u64,
     mut make: impl FnMut() -> F,
+    mut dispose: impl FnMut(T),
 ) -> Duration {
     let (mut made, mut dropped) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..iters {
@@ -627,7 +628,7 @@ async fn time_apart<T, F: std::future::Future<Output = T>>(
         let live = black_box(make().await);
         made += start.elapsed();
         let start = Instant::now();
-        drop(live);
+        dispose(live);
         dropped += start.elapsed();
     }
     record(drop_id, iters, dropped);
@@ -697,6 +698,7 @@ fn bench_instantiate(c: &mut Criterion) {
                         .expect("instantiate");
                     (instance, store)
                 },
+                drop,
             ))
         })
     });
@@ -707,17 +709,38 @@ fn bench_instantiate(c: &mut Criterion) {
         Grants::default(),
         false,
     );
-    let id = "instantiate/filter_pool_instantiate";
-    c.bench_function(id, |b| {
-        b.iter_custom(|iters| {
-            env.rt.block_on(time_apart(
-                id,
-                "instantiate/filter_pool_drop",
-                iters,
-                || async { headers_pool.instantiate().await.expect("instantiate") },
-            ))
-        })
-    });
+    // `filter_pool_instantiate` disposes of each instance as `fresh` mode
+    // and failed calls do: the pool takes the store data back for the next
+    // one (`FilterPool::discard`). `_new_ctx` drops it outright, so every
+    // store is built anew.
+    for (id, drop_id, reuse) in [
+        (
+            "instantiate/filter_pool_instantiate",
+            "instantiate/filter_pool_drop",
+            true,
+        ),
+        (
+            "instantiate/filter_pool_instantiate_new_ctx",
+            "instantiate/filter_pool_drop_new_ctx",
+            false,
+        ),
+    ] {
+        c.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                env.rt.block_on(time_apart(
+                    id,
+                    drop_id,
+                    iters,
+                    || async { headers_pool.instantiate().await.expect("instantiate") },
+                    |(instance, _hooks)| {
+                        if reuse {
+                            headers_pool.discard(instance);
+                        }
+                    },
+                ))
+            })
+        });
+    }
 
     let fresh = pool("bench-read", "{}", Grants::default(), true);
     let id = "instantiate/fresh_instance_plus_call";
@@ -734,7 +757,10 @@ fn bench_instantiate(c: &mut Criterion) {
                         Ok(RequestAction::Continue) => {}
                         other => panic!("{id}: unexpected hook result {other:?}"),
                     }
-                    drop(slot);
+                    // As the pipeline does at the end of a request.
+                    if let Some(instance) = slot.take() {
+                        fresh.discard(instance);
+                    }
                 }
                 record(id, iters, start.elapsed())
             })
@@ -1022,6 +1048,11 @@ fn summary() {
         ),
     );
     line(
+        "  the same, store data built anew (dropped outright)",
+        "instantiate/filter_pool_instantiate_new_ctx",
+        String::new(),
+    );
+    line(
         "FilterPool::instantiate (headers) + configure",
         "instantiate/filter_pool_instantiate",
         format!(
@@ -1031,10 +1062,16 @@ fn summary() {
                 "instantiate/filter_pool_instantiate",
                 "instantiate/store_new_bare"
             )
+        ) + &format!(
+            "; store data reused = {} of built anew",
+            ratio(
+                "instantiate/filter_pool_instantiate",
+                "instantiate/filter_pool_instantiate_new_ctx"
+            )
         ),
     );
     line(
-        "  then dropping it (slot reset: memory, tables, stack)",
+        "  then discarding it (slot reset: memory, tables, stack)",
         "instantiate/filter_pool_drop",
         format!(
             "(without configure: {})",

@@ -311,9 +311,9 @@ pub async fn run_for_client(
             ran.push(i);
             continue;
         }
-        let call = Instant::now();
+        let call = slot.canary.then(Instant::now);
         let (back, result) = pool.on_request(&mut slot.instance, req).await;
-        slot.spent += call.elapsed();
+        slot.count_time(call);
         req = back;
         match result {
             Ok(RequestAction::Continue) => ran.push(i),
@@ -366,11 +366,11 @@ pub async fn run_for_client(
             if !pool.wants_response() {
                 continue;
             }
-            let call = Instant::now();
+            let call = slot.canary.then(Instant::now);
             let (back_req, back_resp, result) = pool
                 .on_response(&mut slot.instance, req, produced.state, &produced.info)
                 .await;
-            slot.spent += call.elapsed();
+            slot.count_time(call);
             req = back_req;
             produced.state = back_resp;
             match result {
@@ -436,6 +436,12 @@ pub async fn run_for_client(
                 route.max_response_body,
             );
         }
+        // Fresh-mode instances end with their request.
+        for (step, slot) in route.steps.iter().zip(&mut slots) {
+            if let Some(instance) = slot.instance.take() {
+                step.pool_for(slot).discard(instance);
+            }
+        }
         let resp = produced.into_response();
         route.metrics.record(resp.status(), started);
         return resp;
@@ -448,10 +454,21 @@ struct Slot {
     instance: Option<Instance>,
     /// Whether the request uses the step's canary version.
     canary: bool,
-    /// Time spent in the step's hooks.
+    /// Time spent in the step's hooks (measured for canary versions only,
+    /// whose latency is compared against the primary's).
     spent: Duration,
     /// Whether the step failed or produced a 5xx.
     failed: bool,
+}
+
+impl Slot {
+    /// Add the time since `call` (taken only for canary versions) to the
+    /// hooks' time.
+    fn count_time(&mut self, call: Option<Instant>) {
+        if let Some(call) = call {
+            self.spent += call.elapsed();
+        }
+    }
 }
 
 /// A 502 for a primary response whose body failed while being buffered.

@@ -219,6 +219,11 @@ pub fn new_store(
         projection: None,
         fence: None,
     };
+    store_for(engine, ctx)
+}
+
+/// A store around `ctx`, with the memory limiter and the deadline callback.
+pub fn store_for(engine: &Engine, ctx: PluginCtx) -> Store<PluginCtx> {
     let mut store = Store::new(engine, ctx);
     store.limiter(|c| &mut c.limiter);
     store.epoch_deadline_callback(|ctx| {
@@ -231,6 +236,30 @@ pub fn new_store(
         }
     });
     store
+}
+
+/// Take the data back from a store being dropped, to build the next
+/// instance of the same pipeline step on it ([`store_for`]).
+///
+/// Building the WASI context (seeding its random number generators, boxing
+/// its streams and clocks) is most of what [`new_store`] costs beyond a bare
+/// `Store::new`; nothing of it depends on the instance, and the guest
+/// cannot change it. Everything an instance can leave behind is reset: the
+/// resource table (streams and other guest-created resources) is replaced,
+/// captured output is discarded, the memory accounting starts again, and
+/// lent request/response, projection scope and fence are cleared.
+pub fn recycle(store: Store<PluginCtx>) -> PluginCtx {
+    let mut ctx = store.into_data();
+    ctx.table = ResourceTable::new();
+    ctx.output.clear();
+    ctx.limiter.exceeded = false;
+    ctx.limiter.peak = 0;
+    ctx.req = None;
+    ctx.resp = None;
+    ctx.http = WasiHttpCtx::new();
+    ctx.projection = None;
+    ctx.fence = None;
+    ctx
 }
 
 /// Start the deadline clock for a call.
@@ -1056,5 +1085,69 @@ mod read_model_host {
 
     fn not_a_projection() -> wit::Error {
         wit::Error::Invalid("only a projection's on-event can write its read model".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{new_store, recycle, store_for, Capabilities};
+    use crate::pipeline::exchange::RequestState;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_recycled_store_keeps_nothing_an_instance_left_behind() {
+        let engine = wasmtime::Engine::default();
+        let caps = Arc::new(Capabilities::new(
+            "p",
+            "r",
+            &crate::app::services_in_process(),
+        ));
+        let grants = crate::plugin::Grants::default();
+        let mut store = new_store(&engine, caps, grants, 1 << 20, Duration::from_millis(50), 3);
+        let data = store.data_mut();
+        data.limiter.exceeded = true;
+        data.limiter.peak = 900_000;
+        data.req = Some(Box::new(RequestState {
+            method: http::Method::GET,
+            uri: http::Uri::from_static("/"),
+            headers: http::HeaderMap::new(),
+            scheme: "http",
+            client_addr: ([127, 0, 0, 1], 1).into(),
+            client_ip: http::HeaderValue::from_static("127.0.0.1"),
+            route: "r".into(),
+            body: bytes::Bytes::new(),
+            body_exposed: false,
+            attempt_timeout: None,
+            max_attempts: 1,
+            context: Vec::new(),
+            mirror: None,
+        }));
+        data.table.push(7u32).expect("a resource");
+        data.output
+            .clone()
+            .write_all(b"left over")
+            .await
+            .expect("write");
+
+        let ctx = recycle(store);
+        assert!(
+            !ctx.limiter.exceeded,
+            "a memory failure is not carried over"
+        );
+        assert_eq!(ctx.limiter.peak, 0);
+        assert_eq!(ctx.limiter.limit, 1 << 20, "the limit stays");
+        assert!(ctx.req.is_none() && ctx.resp.is_none());
+        assert!(ctx.table.is_empty(), "guest-created resources are gone");
+        assert_eq!(ctx.output.take(), "", "captured output is discarded");
+        assert_eq!(
+            (ctx.position, ctx.call_timeout),
+            (3, Duration::from_millis(50))
+        );
+
+        // The next instance's store is built on it.
+        let store = store_for(&engine, ctx);
+        assert_eq!(store.data().caps.plugin.as_ref(), "p");
     }
 }

@@ -20,8 +20,8 @@
 
 use super::bindings::{AttemptInfo, Filter, FilterPre, HookSet, RequestAction, ResponseAction};
 use super::ctx::{
-    arm, classify, instantiation_error, new_store, Capabilities, PluginCtx, RequestHandle,
-    ResponseHandle,
+    arm, classify, instantiation_error, new_store, recycle, store_for, Capabilities, PluginCtx,
+    RequestHandle, ResponseHandle,
 };
 use super::engine::PluginEngine;
 use super::linker::{check_imports, filter_linker};
@@ -116,6 +116,9 @@ pub struct FilterPool {
     pre: FilterPre<PluginCtx>,
     caps: Arc<Capabilities>,
     warm: WarmStack,
+    /// The store data of dropped instances, to build new ones on
+    /// ([`recycle`]): in `fresh` mode every request drops one.
+    spare: WarmStack<PluginCtx>,
     hooks: HookSet,
 }
 
@@ -141,6 +144,7 @@ impl FilterPool {
         })?;
         let mut pool = FilterPool {
             warm: WarmStack::new(spec.pool_size.max(1)),
+            spare: WarmStack::new(spec.pool_size.max(1)),
             spec,
             pre,
             caps,
@@ -175,6 +179,9 @@ impl FilterPool {
     }
 
     fn new_store(&self) -> Store<PluginCtx> {
+        if let Some(ctx) = self.spare.pop() {
+            return store_for(self.pre.engine(), ctx);
+        }
         new_store(
             self.pre.engine(),
             self.caps.clone(),
@@ -216,6 +223,13 @@ impl FilterPool {
         }
     }
 
+    /// Drop an instance that leaves the pool (fresh mode at the end of its
+    /// request, a failed call, retirement, a full pool), keeping its store
+    /// data for the next instance.
+    pub fn discard(&self, instance: Instance) {
+        let _ = self.spare.push(recycle(instance.store));
+    }
+
     async fn checkout(&self, slot: &mut Option<Instance>) -> Result<Instance, PluginError> {
         if let Some(i) = slot.take() {
             return Ok(i);
@@ -245,9 +259,10 @@ impl FilterPool {
                 "reason" => "memory"
             )
             .increment(1);
-        } else {
+            self.discard(instance);
+        } else if let Err(extra) = self.warm.push(instance) {
             // A full pool drops the extra instance.
-            let _ = self.warm.push(instance);
+            self.discard(extra);
         }
     }
 
@@ -281,7 +296,11 @@ impl FilterPool {
                 self.checkin(slot, inst);
                 (req, Ok(action))
             }
-            Err(e) => (req, Err(classify(&mut inst.store, Hook::OnRequest, e))),
+            Err(e) => {
+                let err = classify(&mut inst.store, Hook::OnRequest, e);
+                self.discard(inst);
+                (req, Err(err))
+            }
         }
     }
 
@@ -323,11 +342,11 @@ impl FilterPool {
                 self.checkin(slot, inst);
                 (req, resp, Ok(action))
             }
-            Err(e) => (
-                req,
-                resp,
-                Err(classify(&mut inst.store, Hook::OnResponse, e)),
-            ),
+            Err(e) => {
+                let err = classify(&mut inst.store, Hook::OnResponse, e);
+                self.discard(inst);
+                (req, resp, Err(err))
+            }
         }
     }
 }

@@ -31,6 +31,11 @@ impl OutputCapture {
         buf.clear();
         text
     }
+
+    /// Discard the captured text.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
 }
 
 impl IsTerminal for OutputCapture {
