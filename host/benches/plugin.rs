@@ -257,7 +257,26 @@ fn request(headers: HeaderMap) -> Box<RequestState> {
 struct CopyCtx {
     wasi: WasiCtx,
     table: ResourceTable,
-    call_started: Instant,
+    call_deadline: Option<Instant>,
+}
+
+/// The gateway's deadline rule (`ficus::plugin::ctx::store_for`): the first
+/// epoch tick of a call starts its clock, so arming a call reads none.
+fn deadline_tick(
+    mut ctx: wasmtime::StoreContextMut<'_, CopyCtx>,
+    timeout: Duration,
+    go_on: UpdateDeadline,
+) -> UpdateDeadline {
+    let d = ctx.data_mut();
+    let now = Instant::now();
+    match d.call_deadline {
+        Some(deadline) if now >= deadline => UpdateDeadline::Interrupt,
+        Some(_) => go_on,
+        None => {
+            d.call_deadline = Some(now + timeout);
+            go_on
+        }
+    }
 }
 
 impl WasiView for CopyCtx {
@@ -379,15 +398,11 @@ fn bench_hook(c: &mut Criterion) {
         CopyCtx {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            call_started: Instant::now(),
+            call_deadline: None,
         },
     );
     store.epoch_deadline_callback(move |ctx| {
-        if ctx.data().call_started.elapsed() >= timeout {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
+        Ok(deadline_tick(ctx, timeout, UpdateDeadline::Yield(1)))
     });
     store.set_epoch_deadline(1);
     let bindings = env
@@ -410,7 +425,7 @@ fn bench_hook(c: &mut Criterion) {
                         .iter()
                         .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
                         .collect();
-                    store.data_mut().call_started = Instant::now();
+                    store.data_mut().call_deadline = None;
                     store.set_epoch_deadline(1);
                     let seen = bindings
                         .call_on_request(&mut *store, &list)
@@ -432,7 +447,7 @@ fn bench_hook(c: &mut Criterion) {
             env.rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    store.data_mut().call_started = Instant::now();
+                    store.data_mut().call_deadline = None;
                     store.set_epoch_deadline(1);
                     black_box(bindings.call_noop(&mut *store).await.expect("call"));
                 }
@@ -451,16 +466,12 @@ fn bench_hook(c: &mut Criterion) {
         CopyCtx {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            call_started: Instant::now(),
+            call_deadline: None,
         },
     );
     // A sync call cannot yield: keep running until the deadline.
     sync_store.epoch_deadline_callback(move |ctx| {
-        if ctx.data().call_started.elapsed() >= timeout {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Continue(1))
-        }
+        Ok(deadline_tick(ctx, timeout, UpdateDeadline::Continue(1)))
     });
     sync_store.set_epoch_deadline(1);
     let sync_bindings = sync_pre
@@ -471,7 +482,7 @@ fn bench_hook(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
-                sync_store.data_mut().call_started = Instant::now();
+                sync_store.data_mut().call_deadline = None;
                 sync_store.set_epoch_deadline(1);
                 black_box(sync_bindings.call_noop(&mut sync_store).expect("call"));
             }
@@ -489,7 +500,7 @@ fn bench_hook(c: &mut Criterion) {
                     .iter()
                     .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
                     .collect();
-                sync_store.data_mut().call_started = Instant::now();
+                sync_store.data_mut().call_deadline = None;
                 sync_store.set_epoch_deadline(1);
                 let seen = sync_bindings
                     .call_on_request(&mut sync_store, &list)

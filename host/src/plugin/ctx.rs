@@ -115,8 +115,10 @@ pub struct PluginCtx {
     pub(crate) resp: Option<Box<ResponseState>>,
     /// Pipeline position of this filter (namespaces request context).
     pub(crate) position: u16,
-    /// When the current call started, and its deadline.
-    pub(crate) call_started: Instant,
+    /// The current call's deadline: `None` from [`arm`] until the first
+    /// epoch tick of the call, which sets it to that tick plus
+    /// `call_timeout` (see [`store_for`]).
+    pub(crate) call_deadline: Option<Instant>,
     pub(crate) call_timeout: Duration,
     pub(crate) http: WasiHttpCtx,
     pub(crate) http_hooks: DenyOutbound,
@@ -212,7 +214,7 @@ pub fn new_store(
         req: None,
         resp: None,
         position,
-        call_started: Instant::now(),
+        call_deadline: None,
         call_timeout: timeout,
         http: WasiHttpCtx::new(),
         http_hooks: DenyOutbound,
@@ -223,16 +225,27 @@ pub fn new_store(
 }
 
 /// A store around `ctx`, with the memory limiter and the deadline callback.
+///
+/// The callback runs at each epoch tick ([`EPOCH_TICK`](super::engine::EPOCH_TICK))
+/// during a call. The first tick of a call starts its deadline clock:
+/// the call is interrupted at the first tick at least `call_timeout` after
+/// it. A call therefore always gets its whole timeout, and at most about two
+/// ticks more; in exchange, arming a call ([`arm`]) reads no clock, which
+/// matters on the warm path, where most calls end before any tick.
 pub fn store_for(engine: &Engine, ctx: PluginCtx) -> Store<PluginCtx> {
     let mut store = Store::new(engine, ctx);
     store.limiter(|c| &mut c.limiter);
-    store.epoch_deadline_callback(|ctx| {
-        let d = ctx.data();
-        if d.call_started.elapsed() >= d.call_timeout {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            // Let other tasks run while a long call continues.
-            Ok(UpdateDeadline::Yield(1))
+    store.epoch_deadline_callback(|mut ctx| {
+        let d = ctx.data_mut();
+        let now = Instant::now();
+        match d.call_deadline {
+            Some(deadline) if now >= deadline => Ok(UpdateDeadline::Interrupt),
+            Some(_) => Ok(UpdateDeadline::Yield(1)),
+            None => {
+                d.call_deadline = Some(now + d.call_timeout);
+                // Let other tasks run while a long call continues.
+                Ok(UpdateDeadline::Yield(1))
+            }
         }
     });
     store
@@ -262,9 +275,10 @@ pub fn recycle(store: Store<PluginCtx>) -> PluginCtx {
     ctx
 }
 
-/// Start the deadline clock for a call.
+/// Arm the deadline for a call; its clock starts at the call's first epoch
+/// tick ([`store_for`]).
 pub fn arm(store: &mut Store<PluginCtx>) {
-    store.data_mut().call_started = Instant::now();
+    store.data_mut().call_deadline = None;
     store.set_epoch_deadline(1);
 }
 
