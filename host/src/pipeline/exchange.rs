@@ -40,7 +40,13 @@ static HOP_BY_HOP_NAMES: [HeaderName; 8] = [
 
 /// Remove hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.is_empty() {
+    // Most messages carry no hop-by-hop header at all: one pass over the
+    // names (comparing standard names is comparing small integers) finds
+    // that without hashing each of the eight names into the map.
+    if !headers
+        .keys()
+        .any(|name| HOP_BY_HOP_NAMES.iter().any(|h| h == name))
+    {
         return;
     }
     if headers.contains_key(http::header::CONNECTION) {
@@ -157,4 +163,65 @@ pub fn header_pair(name: &str, value: &[u8]) -> Option<(HeaderName, HeaderValue)
     let n = HeaderName::from_bytes(name.as_bytes()).ok()?;
     let v = HeaderValue::from_bytes(value).ok()?;
     Some((n, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_hop_by_hop;
+    use http::{HeaderMap, HeaderValue};
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        h.keys().map(|n| n.as_str()).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = map(&[
+            ("host", "a"),
+            ("connection", "keep-alive, X-Named"),
+            ("keep-alive", "timeout=5"),
+            ("x-named", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "close"),
+            ("x-kept", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn a_hop_by_hop_header_alone_is_removed_without_connection() {
+        let mut h = map(&[
+            ("x-kept", "1"),
+            ("trailer", "x"),
+            ("proxy-authenticate", "y"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["x-kept"]);
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let pairs = [("host", "a"), ("x-named", "1"), ("accept", "*/*")];
+        let mut h = map(&pairs);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            h,
+            map(&pairs),
+            "a header is removed only when a Connection header names it"
+        );
+        let mut empty = HeaderMap::new();
+        strip_hop_by_hop(&mut empty);
+        assert!(empty.is_empty());
+    }
 }
