@@ -23,7 +23,7 @@ use criterion::{criterion_group, Criterion};
 use ficus::pipeline::exchange::RequestState;
 use ficus::pipeline::{self, Clusters, Destination, Route, RouteMetrics, Step};
 use ficus::plugin::bindings::RequestAction;
-use ficus::plugin::ctx::{new_store, Capabilities};
+use ficus::plugin::ctx::{deadline_passed, new_store, Capabilities};
 use ficus::plugin::engine::{EngineOptions, PluginEngine};
 use ficus::plugin::filter::{FilterPool, FilterSpec};
 use ficus::plugin::linker::filter_linker;
@@ -260,22 +260,17 @@ struct CopyCtx {
     call_deadline: Option<Instant>,
 }
 
-/// The gateway's deadline rule (`ficus::plugin::ctx::store_for`): the first
-/// epoch tick of a call starts its clock, so arming a call reads none.
+/// The gateway's deadline rule (`ficus::plugin::ctx::deadline_passed`): the
+/// first epoch tick of a call starts its clock, so arming a call reads none.
 fn deadline_tick(
     mut ctx: wasmtime::StoreContextMut<'_, CopyCtx>,
     timeout: Duration,
     go_on: UpdateDeadline,
 ) -> UpdateDeadline {
-    let d = ctx.data_mut();
-    let now = Instant::now();
-    match d.call_deadline {
-        Some(deadline) if now >= deadline => UpdateDeadline::Interrupt,
-        Some(_) => go_on,
-        None => {
-            d.call_deadline = Some(now + timeout);
-            go_on
-        }
+    if deadline_passed(&mut ctx.data_mut().call_deadline, timeout) {
+        UpdateDeadline::Interrupt
+    } else {
+        go_on
     }
 }
 
@@ -1059,11 +1054,6 @@ fn summary() {
         ),
     );
     line(
-        "  the same, store data built anew (dropped outright)",
-        "instantiate/filter_pool_instantiate_new_ctx",
-        String::new(),
-    );
-    line(
         "FilterPool::instantiate (headers) + configure",
         "instantiate/filter_pool_instantiate",
         format!(
@@ -1080,6 +1070,11 @@ fn summary() {
                 "instantiate/filter_pool_instantiate_new_ctx"
             )
         ),
+    );
+    line(
+        "  the same with every store built anew (instance dropped outright)",
+        "instantiate/filter_pool_instantiate_new_ctx",
+        String::new(),
     );
     line(
         "  then discarding it (slot reset: memory, tables, stack)",

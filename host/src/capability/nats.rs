@@ -29,6 +29,32 @@ pub enum ConnectError {
     },
 }
 
+/// Check the options every JetStream-backed store shares: at least one
+/// server, 1 to 5 replicas, and a stream name JetStream accepts. The error
+/// is the message for the user.
+pub fn check_stream_options(
+    servers: &[String],
+    replicas: usize,
+    stream: &str,
+) -> Result<(), String> {
+    if servers.is_empty() {
+        return Err("no NATS servers given".into());
+    }
+    if !(1..=5).contains(&replicas) {
+        return Err(format!("replicas must be 1 to 5, got {replicas}"));
+    }
+    if stream.is_empty()
+        || stream
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>'))
+    {
+        return Err(format!(
+            "JetStream stream name {stream:?} must be non-empty without `.`, `*`, `>` or whitespace"
+        ));
+    }
+    Ok(())
+}
+
 /// When the first connection is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Initial {

@@ -237,18 +237,29 @@ pub fn store_for(engine: &Engine, ctx: PluginCtx) -> Store<PluginCtx> {
     store.limiter(|c| &mut c.limiter);
     store.epoch_deadline_callback(|mut ctx| {
         let d = ctx.data_mut();
-        let now = Instant::now();
-        match d.call_deadline {
-            Some(deadline) if now >= deadline => Ok(UpdateDeadline::Interrupt),
-            Some(_) => Ok(UpdateDeadline::Yield(1)),
-            None => {
-                d.call_deadline = Some(now + d.call_timeout);
-                // Let other tasks run while a long call continues.
-                Ok(UpdateDeadline::Yield(1))
-            }
+        let timeout = d.call_timeout;
+        if deadline_passed(&mut d.call_deadline, timeout) {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            // Let other tasks run while a long call continues.
+            Ok(UpdateDeadline::Yield(1))
         }
     });
     store
+}
+
+/// At an epoch tick during a call: whether the call's deadline has passed.
+/// The call's first tick (`deadline` is `None`, as [`arm`] leaves it)
+/// starts the clock: the deadline becomes that tick plus `timeout`.
+pub fn deadline_passed(deadline: &mut Option<Instant>, timeout: Duration) -> bool {
+    let now = Instant::now();
+    match *deadline {
+        Some(d) => now >= d,
+        None => {
+            *deadline = Some(now + timeout);
+            false
+        }
+    }
 }
 
 /// Take the data back from a store being dropped, to build the next

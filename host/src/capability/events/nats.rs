@@ -324,26 +324,12 @@ impl NatsEvents {
     /// Connect, check the server, and create the JetStream stream if it does
     /// not exist (an existing stream is used as it is).
     pub async fn open(options: NatsEventsOptions) -> Result<NatsEvents, NatsOpenError> {
-        if options.servers.is_empty() {
-            return Err(NatsOpenError::Options("no NATS servers given".into()));
-        }
-        if !(1..=5).contains(&options.replicas) {
-            return Err(NatsOpenError::Options(format!(
-                "replicas must be 1 to 5, got {}",
-                options.replicas
-            )));
-        }
-        let bad_name = |s: &str| {
-            s.is_empty()
-                || s.chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>'))
-        };
-        if bad_name(&options.stream) {
-            return Err(NatsOpenError::Options(format!(
-                "JetStream stream name {:?} must be non-empty without `.`, `*`, `>` or whitespace",
-                options.stream
-            )));
-        }
+        crate::capability::nats::check_stream_options(
+            &options.servers,
+            options.replicas,
+            &options.stream,
+        )
+        .map_err(NatsOpenError::Options)?;
         let client = crate::capability::nats::connect(
             "ficus",
             &options.servers,

@@ -196,26 +196,12 @@ impl NatsReadModels {
     /// cache and replay the log into it; returns once the cache has caught
     /// up with the log.
     pub async fn open(options: NatsReadModelsOptions) -> Result<NatsReadModels, NatsOpenError> {
-        if options.servers.is_empty() {
-            return Err(NatsOpenError::Options("no NATS servers given".into()));
-        }
-        if !(1..=5).contains(&options.replicas) {
-            return Err(NatsOpenError::Options(format!(
-                "replicas must be 1 to 5, got {}",
-                options.replicas
-            )));
-        }
-        if options.stream.is_empty()
-            || options
-                .stream
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>'))
-        {
-            return Err(NatsOpenError::Options(format!(
-                "JetStream stream name {:?} must be non-empty without `.`, `*`, `>` or whitespace",
-                options.stream
-            )));
-        }
+        crate::capability::nats::check_stream_options(
+            &options.servers,
+            options.replicas,
+            &options.stream,
+        )
+        .map_err(NatsOpenError::Options)?;
         let client = crate::capability::nats::connect(
             "ficus-readmodels",
             &options.servers,
