@@ -28,6 +28,15 @@ const PEERS_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// How many times [`NatsServer::cluster`] starts a cluster afresh.
 const CLUSTER_ATTEMPTS: usize = 3;
+/// Starts of a single node, each on fresh ports, when a port it was given is
+/// taken by another process before the server binds it.
+const START_ATTEMPTS: usize = 3;
+
+/// Whether a failed start was a port taken in the meantime (see
+/// [`free_port`]).
+fn port_taken(start_error: &str) -> bool {
+    start_error.contains("address already in use")
+}
 
 /// What each node of a cluster that did not form says about itself: its
 /// routes, its JetStream meta view and the end of its log.
@@ -93,7 +102,7 @@ pub fn binary() -> PathBuf {
 }
 
 /// A free loopback port (bound then released: another process may take it
-/// in between, which a test then reports as a failed start).
+/// in between; the servers started here then start again on fresh ports).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -132,8 +141,20 @@ pub struct NatsServer {
 impl NatsServer {
     /// Start a single JetStream node and wait until it is ready.
     pub fn start() -> NatsServer {
+        for _ in 1..START_ATTEMPTS {
+            let mut server = NatsServer::spawn("n1", None);
+            match server.wait_ready(Instant::now() + READY_TIMEOUT) {
+                Ok(()) => return server,
+                Err(e) if port_taken(&e) => {
+                    eprintln!(
+                        "nats_server: a port was taken before the server bound it; fresh ports"
+                    )
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         let mut server = NatsServer::spawn("n1", None);
-        server.wait_ready(Instant::now() + READY_TIMEOUT);
+        server.ready(Instant::now() + READY_TIMEOUT);
         server
     }
 
@@ -163,8 +184,9 @@ impl NatsServer {
             }
             last_report = cluster_report(&servers);
             eprintln!(
-                "nats_server: attempt {attempt}: the JetStream meta leader did not report {nodes} \
-                 current peers within {PEERS_TIMEOUT:?}; node state:\n{last_report}"
+                "nats_server: attempt {attempt}: a node did not start (a port taken meanwhile) or \
+                 the JetStream meta leader did not report {nodes} current peers within \
+                 {PEERS_TIMEOUT:?}; node state:\n{last_report}"
             );
         }
         panic!(
@@ -207,7 +229,13 @@ impl NatsServer {
             .collect();
         let deadline = Instant::now() + READY_TIMEOUT;
         for s in &mut servers {
-            s.wait_ready(deadline);
+            match s.wait_ready(deadline) {
+                Ok(()) => {}
+                // Another process took a port between `free_port` and the
+                // bind: a failed attempt, retried on fresh ports.
+                Err(e) if port_taken(&e) => return (servers, false),
+                Err(e) => panic!("{e}"),
+            }
         }
         let peers_deadline = Instant::now() + PEERS_TIMEOUT;
         loop {
@@ -286,28 +314,37 @@ impl NatsServer {
         std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
     }
 
-    /// Wait until `/healthz` says the server (and JetStream) is ready.
-    fn wait_ready(&mut self, deadline: Instant) {
+    /// Wait until `/healthz` says the server (and JetStream) is ready; the
+    /// error says why not, with the server's log.
+    fn wait_ready(&mut self, deadline: Instant) -> Result<(), String> {
         loop {
             if self.healthy() {
-                return;
+                return Ok(());
             }
             if let Some(child) = &mut self.child {
                 // Exited already: say why.
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
+                    return Err(format!(
                         "nats-server exited ({status}) at start; its log:\n{}",
                         self.log()
-                    );
+                    ));
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server on port {} not ready after {READY_TIMEOUT:?}; its log:\n{}",
-                self.port,
-                self.log()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "nats-server on port {} not ready after {READY_TIMEOUT:?}; its log:\n{}",
+                    self.port,
+                    self.log()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// [`wait_ready`](NatsServer::wait_ready), failing the test if it is not.
+    fn ready(&mut self, deadline: Instant) {
+        if let Err(e) = self.wait_ready(deadline) {
+            panic!("{e}");
         }
     }
 
@@ -347,7 +384,7 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
-        self.wait_ready(Instant::now() + READY_TIMEOUT);
+        self.ready(Instant::now() + READY_TIMEOUT);
     }
 }
 
