@@ -23,7 +23,8 @@
 # pooling allocator's default address space (terabytes of PROT_NONE).
 #
 # Knobs (environment): TARGETS="bare ficus-0 ficus-1" DURATION=6 WARMUP=2
-# SKIP_BUILD=1. Needs valgrind and wrk (installed with apt-get when missing).
+# SKIP_BUILD=1 KEEP=DIR (keep the callgrind files there, one per thread, for
+# callgrind_annotate). Needs valgrind and wrk (installed with apt-get when missing).
 # Takes about 2 minutes. Benchmarks report: this script never fails on a
 # slow result.
 set -euo pipefail
@@ -143,6 +144,10 @@ for target in "${TARGETS[@]}"; do
     callgrind_control -d "$pid" >/dev/null 2>&1
     callgrind_control -i off "$pid" >/dev/null 2>&1
     total=$(cat "$out".1-* 2>/dev/null | awk '/^summary:/ { s += $2 } END { print s + 0 }')
+    if [[ -n ${KEEP:-} ]]; then
+        mkdir -p "$KEEP"
+        cp "$out".1-* "$KEEP/" 2>/dev/null || true
+    fi
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     if grep -qE 'Non-2xx|Socket errors' <<<"$result"; then

@@ -87,7 +87,20 @@ fn samples() -> &'static Mutex<BTreeMap<String, Vec<f64>>> {
     SAMPLES.get_or_init(Default::default)
 }
 
+/// Iterations run in total, by benchmark id: printed when
+/// `FICUS_BENCH_ITERS` is set, to turn a profiler's totals (callgrind under
+/// `--profile-time`) into per-iteration figures.
+fn iterations() -> &'static Mutex<BTreeMap<String, u64>> {
+    static ITERS: OnceLock<Mutex<BTreeMap<String, u64>>> = OnceLock::new();
+    ITERS.get_or_init(Default::default)
+}
+
 fn record(id: &str, iters: u64, elapsed: Duration) -> Duration {
+    *iterations()
+        .lock()
+        .unwrap()
+        .entry(id.to_owned())
+        .or_default() += iters;
     let per_iter = elapsed.as_nanos() as f64 / iters.max(1) as f64;
     samples()
         .lock()
@@ -138,7 +151,13 @@ fn env() -> &'static Env {
         // JavaScript components (over 45 s on 2 cores).
         let engine = PluginEngine::new(&EngineOptions {
             cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-plugin-cache")),
-            max_instances: 1000,
+            // `FICUS_BENCH_MAX_INSTANCES` lowers the pool's address-space
+            // reservation, which valgrind cannot make at the default size
+            // (profiling a bench under callgrind).
+            max_instances: std::env::var("FICUS_BENCH_MAX_INSTANCES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000),
         })
         .expect("plugin engine");
         let caps = Arc::new(Capabilities::new(
@@ -1157,4 +1176,9 @@ fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     summary();
+    if std::env::var_os("FICUS_BENCH_ITERS").is_some() {
+        for (id, n) in iterations().lock().unwrap().iter() {
+            println!("iterations {id}: {n}");
+        }
+    }
 }

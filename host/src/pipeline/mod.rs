@@ -126,7 +126,35 @@ pub type Clusters = HashMap<String, Arc<Cluster>>;
 struct Produced {
     state: Box<ResponseState>,
     stream: Option<BoxBody>,
-    info: AttemptInfo,
+    info: Attempt,
+}
+
+/// What the pipeline knows of the attempt that produced a response. The
+/// names are shared (`Arc<str>`), so a request on a route without
+/// `on-response` hooks copies no string; [`Attempt::wit`] makes the WIT's
+/// [`AttemptInfo`] for a hook.
+#[derive(Clone)]
+struct Attempt {
+    number: u32,
+    cluster: Option<Arc<str>>,
+    endpoint: Option<Arc<str>>,
+    latency_us: u64,
+    error: Option<UpstreamError>,
+    local: bool,
+}
+
+impl Attempt {
+    /// The attempt as `on-response` sees it.
+    fn wit(&self) -> AttemptInfo {
+        AttemptInfo {
+            number: self.number,
+            cluster: self.cluster.as_deref().map(str::to_owned),
+            endpoint: self.endpoint.as_deref().map(str::to_owned),
+            latency_us: self.latency_us,
+            error: self.error,
+            local: self.local,
+        }
+    }
 }
 
 impl Produced {
@@ -148,18 +176,11 @@ impl Produced {
                 body_exposed: exposed,
             }),
             stream: None,
-            info: AttemptInfo {
-                number: attempt,
-                cluster: None,
-                endpoint: None,
-                latency_us: 0,
-                error: None,
-                local: true,
-            },
+            info: local_info(attempt),
         }
     }
 
-    fn error(reply: Reply, info: AttemptInfo, exposed: bool) -> Self {
+    fn error(reply: Reply, info: Attempt, exposed: bool) -> Self {
         Produced {
             state: Box::new(ResponseState {
                 status: reply.status,
@@ -368,7 +389,12 @@ pub async fn run_for_client(
             }
             let call = slot.canary.then(Instant::now);
             let (back_req, back_resp, result) = pool
-                .on_response(&mut slot.instance, req, produced.state, &produced.info)
+                .on_response(
+                    &mut slot.instance,
+                    req,
+                    produced.state,
+                    &produced.info.wit(),
+                )
                 .await;
             slot.count_time(call);
             req = back_req;
@@ -472,12 +498,12 @@ impl Slot {
 }
 
 /// A 502 for a primary response whose body failed while being buffered.
-fn upstream_failure_from(route: &Route, info: AttemptInfo) -> Produced {
+fn upstream_failure_from(route: &Route, info: Attempt) -> Produced {
     upstream_failure(
         route,
         info.number,
-        info.cluster.as_deref(),
-        info.endpoint.as_deref(),
+        info.cluster,
+        info.endpoint,
         info.latency_us,
         UpstreamError::Protocol,
     )
@@ -498,8 +524,8 @@ fn client_closed(attempt: u32, exposed: bool) -> Produced {
     )
 }
 
-fn local_info(attempt: u32) -> AttemptInfo {
-    AttemptInfo {
+fn local_info(attempt: u32) -> Attempt {
+    Attempt {
         number: attempt,
         cluster: None,
         endpoint: None,
@@ -527,7 +553,7 @@ async fn destination(
                 return upstream_failure(
                     route,
                     attempt,
-                    Some(&t.cluster),
+                    Some(Arc::from(t.cluster.as_str())),
                     None,
                     0,
                     UpstreamError::NoEndpoint,
@@ -542,7 +568,7 @@ async fn destination(
         return upstream_failure(
             route,
             attempt,
-            Some(&cluster.name),
+            Some(cluster.name.clone()),
             None,
             0,
             UpstreamError::NoEndpoint,
@@ -561,8 +587,8 @@ async fn destination(
             return upstream_failure(
                 route,
                 attempt,
-                Some(&cluster.name),
-                Some(&endpoint.addr),
+                Some(cluster.name.clone()),
+                Some(endpoint.addr.clone()),
                 0,
                 UpstreamError::Protocol,
             )
@@ -583,23 +609,32 @@ async fn destination(
             }
         }
     }
-    let xff = forwarded_for(headers.get(X_FORWARDED_FOR), &req.client_ip);
-    headers.insert(X_FORWARDED_FOR, xff);
+    // One hash of the name for the look-up and the insert.
+    match headers.entry(X_FORWARDED_FOR) {
+        http::header::Entry::Occupied(mut e) => {
+            let xff = forwarded_for(Some(e.get()), &req.client_ip);
+            e.insert(xff);
+        }
+        http::header::Entry::Vacant(e) => {
+            e.insert(req.client_ip.clone());
+        }
+    }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(req.scheme));
     *out.headers_mut() = headers;
 
     let timeout = req.attempt_timeout.unwrap_or(cluster.timeout);
-    let sent = Instant::now();
+    // Only `on-response` hooks read an attempt's latency: time it for them.
+    let sent = route.needs_own_task().then(Instant::now);
     let result = cluster.send(out, timeout).await;
-    let latency_us = sent.elapsed().as_micros() as u64;
+    let latency_us = sent.map_or(0, |sent| sent.elapsed().as_micros() as u64);
     match result {
         Ok(resp) => {
             cluster.responses.increment(1);
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            let info = AttemptInfo {
+            let info = Attempt {
                 number: attempt,
-                cluster: Some(cluster.name.to_string()),
+                cluster: Some(cluster.name.clone()),
                 endpoint: Some(endpoint.addr.clone()),
                 latency_us,
                 error: None,
@@ -615,8 +650,8 @@ async fn destination(
                     upstream_failure(
                         route,
                         attempt,
-                        Some(&cluster.name),
-                        Some(&endpoint.addr),
+                        Some(cluster.name.clone()),
+                        Some(endpoint.addr.clone()),
                         latency_us,
                         UpstreamError::Protocol,
                     )
@@ -637,8 +672,8 @@ async fn destination(
             upstream_failure(
                 route,
                 attempt,
-                Some(&cluster.name),
-                Some(&endpoint.addr),
+                Some(cluster.name.clone()),
+                Some(endpoint.addr.clone()),
                 latency_us,
                 failure.kind,
             )
@@ -670,7 +705,7 @@ async fn received(
     route: &Route,
     mut parts: http::response::Parts,
     body: BoxBody,
-    info: AttemptInfo,
+    info: Attempt,
 ) -> Result<Produced, response::CollectError> {
     let (body, stream) = if route.plugin_body {
         let collected = response::collect_limited(body, route.max_response_body).await?;
@@ -694,8 +729,8 @@ async fn received(
 fn upstream_failure(
     route: &Route,
     attempt: u32,
-    cluster: Option<&str>,
-    endpoint: Option<&str>,
+    cluster: Option<Arc<str>>,
+    endpoint: Option<Arc<str>>,
     latency_us: u64,
     kind: UpstreamError,
 ) -> Produced {
@@ -715,10 +750,10 @@ fn upstream_failure(
     );
     Produced::error(
         reply,
-        AttemptInfo {
+        Attempt {
             number: attempt,
-            cluster: cluster.map(str::to_owned),
-            endpoint: endpoint.map(str::to_owned),
+            cluster,
+            endpoint,
             latency_us,
             error: Some(kind),
             local: false,
@@ -757,7 +792,7 @@ async fn call_handler(
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            let info = AttemptInfo {
+            let info = Attempt {
                 number: attempt,
                 cluster: None,
                 endpoint: None,

@@ -28,7 +28,7 @@ pub enum Balance {
 #[derive(Debug)]
 pub struct Endpoint {
     /// `host:port` as configured.
-    pub addr: String,
+    pub addr: Arc<str>,
     /// The same, as a URI authority.
     pub authority: http::uri::Authority,
 }
@@ -96,7 +96,7 @@ impl Cluster {
             .map(|e| {
                 http::uri::Authority::try_from(e.as_str())
                     .map(|authority| Endpoint {
-                        addr: e.clone(),
+                        addr: Arc::from(e.as_str()),
                         authority,
                     })
                     .map_err(|err| format!("invalid endpoint {e:?}: {err}"))
@@ -112,7 +112,7 @@ impl Cluster {
             .build(connector);
         Ok(Cluster {
             spec: ClusterSpec {
-                endpoints: endpoints.iter().map(|e| e.addr.clone()).collect(),
+                endpoints: endpoints.iter().map(|e| e.addr.to_string()).collect(),
                 balance,
                 connect_timeout,
                 timeout,
@@ -144,7 +144,7 @@ impl Cluster {
             return None;
         }
         if let Some(key) = key {
-            if let Some(e) = self.endpoints.iter().find(|e| e.addr == key) {
+            if let Some(e) = self.endpoints.iter().find(|e| &*e.addr == key) {
                 return Some(e);
             }
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -256,7 +256,9 @@ mod tests {
     #[test]
     fn round_robin_cycles() {
         let c = cluster(&["127.0.0.1:1", "127.0.0.1:2"]);
-        let picks: Vec<_> = (0..4).map(|_| c.pick(None).unwrap().addr.clone()).collect();
+        let picks: Vec<_> = (0..4)
+            .map(|_| c.pick(None).unwrap().addr.to_string())
+            .collect();
         assert_eq!(
             picks,
             ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:2"]
@@ -266,7 +268,7 @@ mod tests {
     #[test]
     fn endpoint_key_is_exact_or_stable_hash() {
         let c = cluster(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
-        assert_eq!(c.pick(Some("127.0.0.1:3")).unwrap().addr, "127.0.0.1:3");
+        assert_eq!(&*c.pick(Some("127.0.0.1:3")).unwrap().addr, "127.0.0.1:3");
         let a = c.pick(Some("user-42")).unwrap().addr.clone();
         for _ in 0..10 {
             assert_eq!(c.pick(Some("user-42")).unwrap().addr, a);
