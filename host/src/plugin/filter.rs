@@ -18,7 +18,7 @@
 //! one used most recently, whose memory, stack and store are still in the CPU's
 //! caches. A queue would rotate every call through all idle instances.
 
-use super::bindings::{AttemptInfo, Filter, FilterPre, HookSet, RequestAction, ResponseAction};
+use super::bindings::{AttemptInfo, HookSet, RequestAction, ResponseAction};
 use super::ctx::{
     arm, classify, instantiation_error, new_store, recycle, store_for, Capabilities, PluginCtx,
     RequestHandle, ResponseHandle,
@@ -30,6 +30,7 @@ use crate::pipeline::exchange::{RequestState, ResponseState};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, Resource};
+use wasmtime::component::{ComponentExportIndex, Func, InstancePre, TypedFunc};
 use wasmtime::Store;
 
 /// Everything needed to run one pipeline step.
@@ -60,9 +61,120 @@ pub struct FilterSpec {
 /// A configured instance with its store.
 pub struct Instance {
     store: Store<PluginCtx>,
-    bindings: Filter,
+    hooks: Hooks,
     /// Retire the instance once its memory grows past this many bytes.
     retire_above: usize,
+}
+
+/// The interface a filter plugin exports.
+const HOOKS_INTERFACE: &str = "ficus:gateway/filter-hooks@0.1.0";
+
+/// `configure`'s signature, as the WIT gives it.
+type ConfigureFn<'a> = TypedFunc<(&'a str,), (Result<HookSet, String>,)>;
+/// `on-request`'s signature.
+type OnRequestFn = TypedFunc<(Resource<RequestHandle>,), (RequestAction,)>;
+/// `on-response`'s signature.
+type OnResponseFn<'a> = TypedFunc<
+    (
+        Resource<RequestHandle>,
+        Resource<ResponseHandle>,
+        &'a AttemptInfo,
+    ),
+    (ResponseAction,),
+>;
+
+/// Where the hooks are among the component's exports, found once per pool.
+///
+/// bindgen's `FilterPre::instantiate_async` looks every export up by name and
+/// type-checks it again for each new instance (`get_typed_func`: ~3 % of an
+/// instantiation's instructions). The pool checks the types on its first
+/// instance and afterwards only fetches the functions by index: every
+/// instance of a pool comes from the same component, so the types checked
+/// on the first hold for all.
+struct HookExports {
+    configure: ComponentExportIndex,
+    on_request: ComponentExportIndex,
+    on_response: ComponentExportIndex,
+}
+
+impl HookExports {
+    /// Find the hooks; the error names what is missing.
+    fn new(component: &Component) -> Result<Self, String> {
+        let iface = component
+            .get_export_index(None, HOOKS_INTERFACE)
+            .ok_or_else(|| format!("no export {HOOKS_INTERFACE}"))?;
+        let func = |name: &str| {
+            component
+                .get_export_index(Some(&iface), name)
+                .ok_or_else(|| format!("{HOOKS_INTERFACE} has no function {name}"))
+        };
+        Ok(HookExports {
+            configure: func("configure")?,
+            on_request: func("on-request")?,
+            on_response: func("on-response")?,
+        })
+    }
+
+    /// The hooks of `instance`, their types checked against the signatures
+    /// above when `check_types`.
+    fn load(
+        &self,
+        store: &mut Store<PluginCtx>,
+        instance: &wasmtime::component::Instance,
+        check_types: bool,
+    ) -> wasmtime::Result<Hooks> {
+        if check_types {
+            instance.get_typed_func::<(&str,), (Result<HookSet, String>,)>(
+                &mut *store,
+                &self.configure,
+            )?;
+            instance.get_typed_func::<(Resource<RequestHandle>,), (RequestAction,)>(
+                &mut *store,
+                &self.on_request,
+            )?;
+            instance.get_typed_func::<(
+                Resource<RequestHandle>,
+                Resource<ResponseHandle>,
+                &AttemptInfo,
+            ), (ResponseAction,)>(&mut *store, &self.on_response)?;
+        }
+        let mut func = |index: &ComponentExportIndex| {
+            instance
+                .get_func(&mut *store, index)
+                .ok_or_else(|| wasmtime::format_err!("a hook export is not a function"))
+        };
+        Ok(Hooks {
+            configure: func(&self.configure)?,
+            on_request: func(&self.on_request)?,
+            on_response: func(&self.on_response)?,
+        })
+    }
+}
+
+/// One instance's hook functions, of the types [`HookExports::load`] checked
+/// on the pool's first instance.
+struct Hooks {
+    configure: Func,
+    on_request: Func,
+    on_response: Func,
+}
+
+impl Hooks {
+    fn configure<'a>(&self) -> ConfigureFn<'a> {
+        // SAFETY: the pool's first instance, of the same component, checked
+        // this export against exactly this signature (`HookExports::load`).
+        unsafe { TypedFunc::new_unchecked(self.configure) }
+    }
+
+    fn on_request(&self) -> OnRequestFn {
+        // SAFETY: as for `configure`.
+        unsafe { TypedFunc::new_unchecked(self.on_request) }
+    }
+
+    fn on_response<'a>(&self) -> OnResponseFn<'a> {
+        // SAFETY: as for `configure`.
+        unsafe { TypedFunc::new_unchecked(self.on_response) }
+    }
 }
 
 /// The memory size past which an instance that measured `baseline` bytes
@@ -113,7 +225,8 @@ impl<T> WarmStack<T> {
 /// The warm instances of one pipeline step.
 pub struct FilterPool {
     spec: FilterSpec,
-    pre: FilterPre<PluginCtx>,
+    pre: InstancePre<PluginCtx>,
+    exports: HookExports,
     caps: Arc<Capabilities>,
     warm: WarmStack,
     /// The store data of dropped instances, to build new ones on
@@ -137,20 +250,23 @@ impl FilterPool {
         let instance_pre = linker
             .instantiate_pre(component)
             .map_err(|e| PluginError::Link(format!("cannot link: {e:#}")))?;
-        let pre = FilterPre::new(instance_pre).map_err(|e| {
+        let exports = HookExports::new(component).map_err(|missing| {
             PluginError::Link(format!(
-                "not a filter plugin (expected a component exporting ficus:gateway/filter-hooks@0.1.0): {e:#}"
+                "not a filter plugin (expected a component exporting {HOOKS_INTERFACE}): {missing}"
             ))
         })?;
         let mut pool = FilterPool {
             warm: WarmStack::new(spec.pool_size.max(1)),
             spare: WarmStack::new(spec.pool_size.max(1)),
             spec,
-            pre,
+            pre: instance_pre,
+            exports,
             caps,
             hooks: HookSet::all(),
         };
-        let (first, hooks) = pool.instantiate().await?;
+        // The first instance checks the hooks' types; the pool's later
+        // instances, of the same component, skip the check.
+        let (first, hooks) = pool.instantiate_with(true).await?;
         pool.hooks = hooks;
         if !pool.spec.fresh {
             let _ = pool.warm.push(first);
@@ -194,31 +310,46 @@ impl FilterPool {
 
     /// Create and configure a new instance.
     pub async fn instantiate(&self) -> Result<(Instance, HookSet), PluginError> {
+        self.instantiate_with(false).await
+    }
+
+    async fn instantiate_with(
+        &self,
+        check_types: bool,
+    ) -> Result<(Instance, HookSet), PluginError> {
         let mut store = self.new_store();
         arm(&mut store);
-        let bindings = match self.pre.instantiate_async(&mut store).await {
-            Ok(b) => b,
+        let instance = match self.pre.instantiate_async(&mut store).await {
+            Ok(i) => i,
             Err(e) => return Err(instantiation_error(&mut store, e)),
         };
+        let hooks = match self.exports.load(&mut store, &instance, check_types) {
+            Ok(h) => h,
+            Err(e) => {
+                return Err(PluginError::Link(format!(
+                    "not a filter plugin (expected a component exporting {HOOKS_INTERFACE}): {e:#}"
+                )))
+            }
+        };
         arm(&mut store);
-        let result = bindings
-            .ficus_gateway_filter_hooks()
-            .call_configure(&mut store, &self.spec.config_json)
+        let result = hooks
+            .configure()
+            .call_async(&mut store, (self.spec.config_json.as_str(),))
             .await;
         match result {
-            Ok(Ok(hooks)) => {
+            Ok((Ok(set),)) => {
                 let retire_above =
                     retire_threshold(store.data().limiter.peak, self.spec.memory_limit);
                 Ok((
                     Instance {
                         store,
-                        bindings,
+                        hooks,
                         retire_above,
                     },
-                    hooks,
+                    set,
                 ))
             }
-            Ok(Err(msg)) => Err(PluginError::Rejected(msg)),
+            Ok((Err(msg),)) => Err(PluginError::Rejected(msg)),
             Err(e) => Err(classify(&mut store, Hook::Configure, e)),
         }
     }
@@ -281,10 +412,11 @@ impl FilterPool {
         inst.store.data_mut().req = Some(req);
         arm(&mut inst.store);
         let result = inst
-            .bindings
-            .ficus_gateway_filter_hooks()
-            .call_on_request(&mut inst.store, Resource::<RequestHandle>::new_borrow(0))
-            .await;
+            .hooks
+            .on_request()
+            .call_async(&mut inst.store, (Resource::<RequestHandle>::new_borrow(0),))
+            .await
+            .map(|(action,)| action);
         let req = inst
             .store
             .data_mut()
@@ -325,15 +457,18 @@ impl FilterPool {
         data.resp = Some(resp);
         arm(&mut inst.store);
         let result = inst
-            .bindings
-            .ficus_gateway_filter_hooks()
-            .call_on_response(
+            .hooks
+            .on_response()
+            .call_async(
                 &mut inst.store,
-                Resource::<RequestHandle>::new_borrow(0),
-                Resource::<ResponseHandle>::new_borrow(0),
-                attempt,
+                (
+                    Resource::<RequestHandle>::new_borrow(0),
+                    Resource::<ResponseHandle>::new_borrow(0),
+                    attempt,
+                ),
             )
-            .await;
+            .await
+            .map(|(action,)| action);
         let data = inst.store.data_mut();
         let req = data.req.take().expect("request lent for the call");
         let resp = data.resp.take().expect("response lent for the call");
