@@ -84,6 +84,12 @@ impl Route {
     /// canary version) has an `on-response` hook run on the client's own
     /// future: one task spawn, wake-up and channel fewer per request.
     pub fn needs_own_task(&self) -> bool {
+        self.has_response_hooks()
+    }
+
+    /// Whether a filter (or a canary version, which may differ) of this route
+    /// has an `on-response` hook: only then is an attempt's latency read.
+    fn has_response_hooks(&self) -> bool {
         self.steps
             .iter()
             .any(|s| s.pool.wants_response() || s.canary.is_some())
@@ -624,7 +630,7 @@ async fn destination(
 
     let timeout = req.attempt_timeout.unwrap_or(cluster.timeout);
     // Only `on-response` hooks read an attempt's latency: time it for them.
-    let sent = route.needs_own_task().then(Instant::now);
+    let sent = route.has_response_hooks().then(Instant::now);
     let result = cluster.send(out, timeout).await;
     let latency_us = sent.map_or(0, |sent| sent.elapsed().as_micros() as u64);
     match result {

@@ -123,31 +123,23 @@ impl HookExports {
         instance: &wasmtime::component::Instance,
         check_types: bool,
     ) -> wasmtime::Result<Hooks> {
-        if check_types {
-            instance.get_typed_func::<(&str,), (Result<HookSet, String>,)>(
-                &mut *store,
-                &self.configure,
-            )?;
-            instance.get_typed_func::<(Resource<RequestHandle>,), (RequestAction,)>(
-                &mut *store,
-                &self.on_request,
-            )?;
-            instance.get_typed_func::<(
-                Resource<RequestHandle>,
-                Resource<ResponseHandle>,
-                &AttemptInfo,
-            ), (ResponseAction,)>(&mut *store, &self.on_response)?;
-        }
         let mut func = |index: &ComponentExportIndex| {
             instance
                 .get_func(&mut *store, index)
                 .ok_or_else(|| wasmtime::format_err!("a hook export is not a function"))
         };
-        Ok(Hooks {
+        let hooks = Hooks {
             configure: func(&self.configure)?,
             on_request: func(&self.on_request)?,
             on_response: func(&self.on_response)?,
-        })
+        };
+        if check_types {
+            // The signatures `Hooks` calls them with, checked here once.
+            let _: ConfigureFn<'_> = hooks.configure.typed(&mut *store)?;
+            let _: OnRequestFn = hooks.on_request.typed(&mut *store)?;
+            let _: OnResponseFn<'_> = hooks.on_response.typed(&mut *store)?;
+        }
+        Ok(hooks)
     }
 }
 
