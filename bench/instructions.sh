@@ -14,6 +14,7 @@
 #   ficus-0    ficus run, one route to the upstream, no plugins
 #   ficus-1    the same route with the `headers` plugin setting one request
 #              header (warm instances)
+#   ficus-1-sync  ficus-1 with `calls = "sync"` (not in the default TARGETS)
 #
 # For each target: start it under callgrind with instrumentation off, send
 # WARMUP seconds of requests (one connection, keep-alive), switch
@@ -91,7 +92,7 @@ start() {
 start upstream 20 "$BIN/examples/bench_upstream" 127.0.0.1:0
 UPSTREAM=$STARTED_ADDR
 
-write_config() { # write_config FILE PLUGINS(0|1)
+write_config() { # write_config FILE PLUGINS(0|1|1-sync)
     local dir=${1%.toml}
     mkdir -p "$dir"
     cat >"$1" <<EOF
@@ -111,12 +112,13 @@ endpoints = ["$UPSTREAM"]
 name = "bench"
 upstream = "app"
 EOF
-    if [[ $2 == 1 ]]; then
+    if [[ $2 == 1 || $2 == 1-sync ]]; then
         cat >>"$1" <<EOF
 pipeline = [{ plugin = "headers", config = { request = { set = { "x-bench" = "1" } } } }]
 
 [plugins.headers]
 source = "$WASM_DIR/headers.wasm"
+calls = "$([[ $2 == 1-sync ]] && echo sync || echo async)"
 EOF
     fi
 }
@@ -127,11 +129,11 @@ for target in "${TARGETS[@]}"; do
     valgrind=(valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes "--callgrind-out-file=$out")
     case $target in
         bare) cmd=("$BIN/examples/bare_proxy" "$UPSTREAM" 127.0.0.1:0) ;;
-        ficus-0 | ficus-1)
+        ficus-0 | ficus-1 | ficus-1-sync)
             write_config "$TMP/$target.toml" "${target#ficus-}"
             cmd=("$BIN/ficus" run --config "$TMP/$target.toml")
             ;;
-        *) echo "error: unknown target $target (bare, ficus-0, ficus-1)" >&2; exit 2 ;;
+        *) echo "error: unknown target $target (bare, ficus-0, ficus-1, ficus-1-sync)" >&2; exit 2 ;;
     esac
     echo "== $target: starting under callgrind" >&2
     start "$target" 180 "${valgrind[@]}" "${cmd[@]}"

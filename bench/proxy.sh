@@ -11,6 +11,8 @@
 #   ficus-0    wrk -> ficus, route with 0 plugins -> bench_upstream
 #   ficus-1    wrk -> ficus, route with 1 plugin (`headers` sets one
 #              request header) -> bench_upstream
+#   ficus-1-sync  ficus-1 with the plugin's hooks called synchronously
+#              (`calls = "sync"`: no fiber per call)
 #   ficus-1-reloading   ficus-1 while the config is rewritten and reloaded
 #              (POST /admin/reload) every 100 ms, rebuilding the step
 #   ficus-amb-cb  route with the ambassador + circuit-breaker plugins
@@ -150,10 +152,11 @@ endpoints = ["$UPSTREAM"]
 
 EOF
     case $plugins in
-        1)
+        1 | 1-sync)
             cat >>"$file" <<EOF
 [plugins.headers]
 source = "$WASM_DIR/headers.wasm"
+calls = "$([[ $plugins == 1-sync ]] && echo sync || echo async)"
 
 [[routes]]
 name = "bench"
@@ -216,6 +219,7 @@ EOF
 }
 write_config "$TMP/ficus-0.toml" 0
 write_config "$TMP/ficus-1.toml" 1
+write_config "$TMP/ficus-1-sync.toml" 1-sync
 write_config "$TMP/ficus-1-reloading.toml" 1
 write_config "$TMP/ficus-amb-cb.toml" amb-cb
 write_config "$TMP/ficus-shard.toml" shard
@@ -273,7 +277,7 @@ to_us() {
     }'
 }
 
-read -r -a TARGETS <<<"${TARGETS:-direct bare ficus-0 ficus-1 ficus-1-reloading ficus-amb-cb ficus-shard ficus-strangler}"
+read -r -a TARGETS <<<"${TARGETS:-direct bare ficus-0 ficus-1 ficus-1-sync ficus-1-reloading ficus-amb-cb ficus-shard ficus-strangler}"
 RESULTS=$TMP/results.tsv # target round rps p50_us p99_us cpu_us_per_req errors
 : >"$RESULTS"
 

@@ -40,8 +40,8 @@ mod validate;
 pub use error::{ConfigError, ConfigErrors};
 pub use leader::{Every, Leader, Tick};
 pub use model::{
-    Backend, BackendKind, Canary, Config, Delivery, Grant, InstanceMode, LbPolicy, Match, OnError,
-    PathRule, PipelineStep, Plugin, PubSub, Route, Server, Subscription, Upstream,
+    Backend, BackendKind, CallMode, Canary, Config, Delivery, Grant, InstanceMode, LbPolicy, Match,
+    OnError, PathRule, PipelineStep, Plugin, PubSub, Route, Server, Subscription, Upstream,
 };
 pub use projections::Projection;
 

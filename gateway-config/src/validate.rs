@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use crate::error::{ConfigError, ConfigErrors};
 use crate::locate::{join_index, join_key, Locator};
-use crate::model::{Config, Match, Plugin, Route, Server, Upstream};
+use crate::model::{CallMode, Config, Grant, Match, Plugin, Route, Server, Upstream};
 
 /// Pattern of plugin and upstream names.
 pub(crate) const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]*$";
@@ -273,6 +273,33 @@ fn check_plugin(name: &str, plugin: &Plugin, out: &mut Problems) {
         1_073_741_824,
     );
     out.range(join_key(&base, "pool_size"), plugin.pool_size, 1, 1024);
+    if plugin.calls == CallMode::Sync {
+        let waiting: Vec<&str> = plugin
+            .grants
+            .iter()
+            .filter(|g| {
+                matches!(
+                    g,
+                    Grant::State | Grant::Pubsub | Grant::Events | Grant::ReadModel
+                )
+            })
+            .map(|g| g.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            out.push(
+                join_key(&base, "calls"),
+                format!(
+                    "calls = \"sync\" cannot be combined with the grants {} (their host \
+                     functions wait): expected calls = \"async\" or grants without them",
+                    waiting
+                        .iter()
+                        .map(|g| format!("\"{g}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+    }
     if let Some(canary) = &plugin.canary {
         let c = join_key(&base, "canary");
         if canary.source.as_os_str().is_empty() {

@@ -186,6 +186,7 @@ fn spec(
     config_json: &str,
     grants: Grants,
     fresh: bool,
+    sync_calls: bool,
 ) -> FilterSpec {
     FilterSpec {
         component: hash,
@@ -200,10 +201,26 @@ fn spec(
         pool_size: 4,
         fresh,
         grants,
+        sync_calls,
     }
 }
 
 fn pool(plugin: &str, config_json: &str, grants: Grants, fresh: bool) -> Arc<FilterPool> {
+    pool_calling(plugin, config_json, grants, fresh, false)
+}
+
+/// A pool whose hooks are called synchronously (`calls = "sync"`).
+fn sync_pool(plugin: &str, config_json: &str) -> Arc<FilterPool> {
+    pool_calling(plugin, config_json, Grants::default(), false, true)
+}
+
+fn pool_calling(
+    plugin: &str,
+    config_json: &str,
+    grants: Grants,
+    fresh: bool,
+    sync_calls: bool,
+) -> Arc<FilterPool> {
     let env = env();
     let (component, hash) = component(plugin);
     let pool = env
@@ -211,7 +228,7 @@ fn pool(plugin: &str, config_json: &str, grants: Grants, fresh: bool) -> Arc<Fil
         .block_on(FilterPool::new(
             &env.engine,
             &component,
-            spec(plugin, hash, config_json, grants, fresh),
+            spec(plugin, hash, config_json, grants, fresh, sync_calls),
             env.caps.clone(),
         ))
         .unwrap_or_else(|e| panic!("{plugin}: {e}"));
@@ -399,6 +416,18 @@ fn bench_hook(c: &mut Criterion) {
             false,
         ),
     );
+    // The same hooks with `calls = "sync"` (no fiber).
+    warm_on_request(c, "hook/resource_read2_sync", sync_pool("bench-read", "{}"));
+    warm_on_request(
+        c,
+        "hook/resource_empty_sync",
+        sync_pool("bench-read", r#"{"names":[]}"#),
+    );
+    warm_on_request(
+        c,
+        "hook/headers_plugin_set1_sync",
+        sync_pool("headers", r#"{"request":{"set":{"x-bench":"1"}}}"#),
+    );
 
     // The rejected design: every call copies every header into the guest.
     let (component, _) = component("bench-copy");
@@ -581,7 +610,7 @@ fn bench_polyglot(c: &mut Criterion) {
             state: name.starts_with("api-key"),
             ..Grants::default()
         };
-        let mut spec = spec(name, loaded.hash, config, grants, false);
+        let mut spec = spec(name, loaded.hash, config, grants, false, false);
         spec.memory_limit = memory;
         let pool = Arc::new(
             env.rt
@@ -696,7 +725,7 @@ fn bench_instantiate(c: &mut Criterion) {
     // wasmtime's part alone: a new store and a pooled instance of the same
     // pre-linked component, without the guest's `configure`.
     let (headers_component, _) = component("headers");
-    let headers_pre = filter_linker(engine, Grants::default())
+    let headers_pre = filter_linker(engine, Grants::default(), false)
         .expect("filter linker")
         .instantiate_pre(&headers_component)
         .expect("link headers");
@@ -1019,6 +1048,31 @@ fn summary() {
         "headers plugin, sets one request header",
         "hook/headers_plugin_set1",
         String::new(),
+    );
+    line(
+        "calls = \"sync\": reads headers a, b",
+        "hook/resource_read2_sync",
+        format!(
+            "= {} of async; {}",
+            ratio("hook/resource_read2_sync", "hook/resource_read2"),
+            target("hook/resource_read2_sync", 1_000.0)
+        ),
+    );
+    line(
+        "calls = \"sync\": empty hook",
+        "hook/resource_empty_sync",
+        format!(
+            "= {} of async",
+            ratio("hook/resource_empty_sync", "hook/resource_empty")
+        ),
+    );
+    line(
+        "calls = \"sync\": headers plugin, sets one header",
+        "hook/headers_plugin_set1_sync",
+        format!(
+            "= {} of async",
+            ratio("hook/headers_plugin_set1_sync", "hook/headers_plugin_set1")
+        ),
     );
     line(
         "wasmtime floor: empty export, async call",

@@ -14,7 +14,9 @@ use crate::plugin::handler::{Handler, HandlerSpec};
 use crate::plugin::{Grants, PluginError};
 use crate::server::router::{PathMatch, RouteMatch};
 use crate::upstream::{Balance, Cluster};
-use ficus_config::{Config, ConfigError, ConfigErrors, Grant, InstanceMode, LbPolicy, OnError};
+use ficus_config::{
+    CallMode, Config, ConfigError, ConfigErrors, Grant, InstanceMode, LbPolicy, OnError,
+};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -165,6 +167,7 @@ impl Gateway {
                     pool_size: pc.pool_size as usize,
                     fresh: pc.instances == InstanceMode::Fresh,
                     grants: grants_of(&pc.grants),
+                    sync_calls: pc.calls == CallMode::Sync,
                 };
                 let fail_open = pc.on_error == OnError::FailOpen;
                 let previous_step = previous_route.and_then(|r| r.steps.get(si));

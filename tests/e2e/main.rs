@@ -29,4 +29,5 @@ mod sandbox;
 mod scaffold;
 mod shard;
 mod strangler;
+mod sync_calls;
 mod upstream;

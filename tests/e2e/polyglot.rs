@@ -753,3 +753,42 @@ async fn tick_plugin_in_python_runs_on_the_leader() {
     })
     .await;
 }
+
+/// `calls = "sync"` links only the WASI a Rust guest imports (`wasi:cli`, `wasi:clocks`,
+/// `wasi:io`, `wasi:random`): the JavaScript build, whose runtime imports
+/// `wasi:filesystem` and more, fails `ficus check` saying which import and what to do,
+/// while its Rust twin checks fine.
+#[test]
+fn sync_calls_refuse_a_component_importing_more_wasi_than_they_provide() {
+    let examples = examples();
+    let check = |example: Example| {
+        Cfg::new()
+            .plugin_source(
+                example.plugin(),
+                &examples.source(example),
+                &format!("{}\ncalls = \"sync\"", example.plugin_lines()),
+            )
+            .upstream("main", &["127.0.0.1:9".to_owned()], "")
+            .upstream("eu", &["127.0.0.1:9".to_owned()], "")
+            .toml(&format!(
+                "[[routes]]\nname = \"r\"\nupstream = \"main\"\n\
+                 pipeline = [{{ plugin = \"{plugin}\", config = {config} }}]\n",
+                plugin = example.plugin(),
+                config = example.config(),
+            ))
+            .check()
+    };
+    let rust = check(Example::GeoRouterRust);
+    assert_eq!(rust.code, Some(0), "{rust}");
+    let js = check(Example::GeoRouterJs);
+    assert_eq!(js.code, Some(2), "{js}");
+    for needle in [
+        "routes[0].pipeline[0].plugin",
+        "plugin \"geo-router-js\" in route \"r\"",
+        "imports wasi:",
+        "plugins with calls = \"sync\" do not get",
+        "use calls = \"async\"",
+    ] {
+        assert!(js.stderr.contains(needle), "{needle:?} is not in:\n{js}");
+    }
+}

@@ -103,7 +103,7 @@ static ENV: Shared<Env> = Shared::new(|| {
 });
 
 /// A log entry about a failed plugin call, naming plugin, route and hook.
-fn plugin_failure(entry: &str, plugin: &str, route: &str, hook: &str) -> bool {
+pub(crate) fn plugin_failure(entry: &str, plugin: &str, route: &str, hook: &str) -> bool {
     entry.contains("plugin failed")
         && has_field(entry, "plugin", plugin)
         && has_field(entry, "route", route)

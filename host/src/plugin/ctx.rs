@@ -120,6 +120,10 @@ pub struct PluginCtx {
     /// `call_timeout` (see [`store_for`]).
     pub(crate) call_deadline: Option<Instant>,
     pub(crate) call_timeout: Duration,
+    /// Calls into this instance are synchronous (`calls = "sync"`): at an
+    /// epoch tick before the deadline, the call continues on its thread
+    /// instead of yielding (a synchronous call has no fiber to yield from).
+    pub(crate) sync_calls: bool,
     pub(crate) http: WasiHttpCtx,
     pub(crate) http_hooks: DenyOutbound,
     /// A projection's model and uncommitted writes (projections only).
@@ -216,6 +220,7 @@ pub fn new_store(
         position,
         call_deadline: None,
         call_timeout: timeout,
+        sync_calls: false,
         http: WasiHttpCtx::new(),
         http_hooks: DenyOutbound,
         projection: None,
@@ -240,6 +245,8 @@ pub fn store_for(engine: &Engine, ctx: PluginCtx) -> Store<PluginCtx> {
         let timeout = d.call_timeout;
         if deadline_passed(&mut d.call_deadline, timeout) {
             Ok(UpdateDeadline::Interrupt)
+        } else if d.sync_calls {
+            Ok(UpdateDeadline::Continue(1))
         } else {
             // Let other tasks run while a long call continues.
             Ok(UpdateDeadline::Yield(1))

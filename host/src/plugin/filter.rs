@@ -24,7 +24,7 @@ use super::ctx::{
     RequestHandle, ResponseHandle,
 };
 use super::engine::PluginEngine;
-use super::linker::{check_imports, filter_linker};
+use super::linker::{check_imports, check_sync_imports, filter_linker};
 use super::{Grants, Hook, PluginError};
 use crate::pipeline::exchange::{RequestState, ResponseState};
 use std::sync::Arc;
@@ -56,6 +56,10 @@ pub struct FilterSpec {
     pub fresh: bool,
     /// Granted capabilities.
     pub grants: Grants,
+    /// Call the hooks synchronously, without a fiber (`calls = "sync"`):
+    /// faster, but a call that loops holds its worker thread until its
+    /// deadline.
+    pub sync_calls: bool,
 }
 
 /// A configured instance with its store.
@@ -238,7 +242,10 @@ impl FilterPool {
         caps: Arc<Capabilities>,
     ) -> Result<Self, PluginError> {
         check_imports(engine.engine(), component, &spec.plugin, spec.grants)?;
-        let linker = filter_linker(engine.engine(), spec.grants)?;
+        if spec.sync_calls {
+            check_sync_imports(engine.engine(), component)?;
+        }
+        let linker = filter_linker(engine.engine(), spec.grants, spec.sync_calls)?;
         let instance_pre = linker
             .instantiate_pre(component)
             .map_err(|e| PluginError::Link(format!("cannot link: {e:#}")))?;
@@ -290,14 +297,16 @@ impl FilterPool {
         if let Some(ctx) = self.spare.pop() {
             return store_for(self.pre.engine(), ctx);
         }
-        new_store(
+        let mut store = new_store(
             self.pre.engine(),
             self.caps.clone(),
             self.spec.grants,
             self.spec.memory_limit,
             self.spec.timeout,
             self.spec.position,
-        )
+        );
+        store.data_mut().sync_calls = self.spec.sync_calls;
+        store
     }
 
     /// Create and configure a new instance.
@@ -311,7 +320,12 @@ impl FilterPool {
     ) -> Result<(Instance, HookSet), PluginError> {
         let mut store = self.new_store();
         arm(&mut store);
-        let instance = match self.pre.instantiate_async(&mut store).await {
+        let instance = if self.spec.sync_calls {
+            self.pre.instantiate(&mut store)
+        } else {
+            self.pre.instantiate_async(&mut store).await
+        };
+        let instance = match instance {
             Ok(i) => i,
             Err(e) => return Err(instantiation_error(&mut store, e)),
         };
@@ -324,10 +338,13 @@ impl FilterPool {
             }
         };
         arm(&mut store);
-        let result = hooks
-            .configure()
-            .call_async(&mut store, (self.spec.config_json.as_str(),))
-            .await;
+        let configure = hooks.configure();
+        let args = (self.spec.config_json.as_str(),);
+        let result = if self.spec.sync_calls {
+            configure.call(&mut store, args)
+        } else {
+            configure.call_async(&mut store, args).await
+        };
         match result {
             Ok((Ok(set),)) => {
                 let retire_above =
@@ -403,12 +420,14 @@ impl FilterPool {
         };
         inst.store.data_mut().req = Some(req);
         arm(&mut inst.store);
-        let result = inst
-            .hooks
-            .on_request()
-            .call_async(&mut inst.store, (Resource::<RequestHandle>::new_borrow(0),))
-            .await
-            .map(|(action,)| action);
+        let hook = inst.hooks.on_request();
+        let args = (Resource::<RequestHandle>::new_borrow(0),);
+        let result = if self.spec.sync_calls {
+            hook.call(&mut inst.store, args)
+        } else {
+            hook.call_async(&mut inst.store, args).await
+        }
+        .map(|(action,)| action);
         let req = inst
             .store
             .data_mut()
@@ -448,19 +467,18 @@ impl FilterPool {
         data.req = Some(req);
         data.resp = Some(resp);
         arm(&mut inst.store);
-        let result = inst
-            .hooks
-            .on_response()
-            .call_async(
-                &mut inst.store,
-                (
-                    Resource::<RequestHandle>::new_borrow(0),
-                    Resource::<ResponseHandle>::new_borrow(0),
-                    attempt,
-                ),
-            )
-            .await
-            .map(|(action,)| action);
+        let hook = inst.hooks.on_response();
+        let args = (
+            Resource::<RequestHandle>::new_borrow(0),
+            Resource::<ResponseHandle>::new_borrow(0),
+            attempt,
+        );
+        let result = if self.spec.sync_calls {
+            hook.call(&mut inst.store, args)
+        } else {
+            hook.call_async(&mut inst.store, args).await
+        }
+        .map(|(action,)| action);
         let data = inst.store.data_mut();
         let req = data.req.take().expect("request lent for the call");
         let resp = data.resp.take().expect("response lent for the call");

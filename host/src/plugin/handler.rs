@@ -51,7 +51,7 @@ impl Handler {
         caps: Arc<Capabilities>,
     ) -> Result<Self, PluginError> {
         check_imports(engine.engine(), component, &spec.plugin, spec.grants)?;
-        let mut linker = filter_linker(engine.engine(), spec.grants)?;
+        let mut linker = filter_linker(engine.engine(), spec.grants, false)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Engine(format!("linking wasi:http: {e:#}")))?;
         let instance_pre = linker

@@ -75,11 +75,53 @@ pub fn check_imports(
     Ok(())
 }
 
-/// A linker for filter plugins with exactly the granted interfaces.
-pub fn filter_linker(engine: &Engine, grants: Grants) -> Result<Linker<PluginCtx>, PluginError> {
+/// Reject, for a plugin called synchronously, a component that imports a
+/// WASI interface the synchronous linker does not provide
+/// ([`sync_wasi`](super::sync_wasi)).
+pub fn check_sync_imports(engine: &Engine, component: &Component) -> Result<(), PluginError> {
+    let ty = component.component_type();
+    for (name, item) in ty.imports(engine) {
+        if !matches!(item.ty, ComponentItem::ComponentInstance(_)) || !name.starts_with("wasi:") {
+            continue;
+        }
+        if !super::sync_wasi::SYNC_WASI_PACKAGES
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            return Err(PluginError::Link(format!(
+                "imports {name}, which plugins with calls = \"sync\" do not get (only \
+                 wasi:cli, wasi:clocks, wasi:io and wasi:random, whose functions never wait); \
+                 use calls = \"async\""
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A linker for filter plugins with exactly the granted interfaces. With
+/// `sync`, every host function is synchronous (see
+/// [`sync_wasi`](super::sync_wasi)) so the hooks can be called without a
+/// fiber; grants whose functions wait are refused.
+pub fn filter_linker(
+    engine: &Engine,
+    grants: Grants,
+    sync: bool,
+) -> Result<Linker<PluginCtx>, PluginError> {
     let link = |e: wasmtime::Error| PluginError::Engine(format!("linking host interfaces: {e:#}"));
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+    if sync {
+        let waiting = grants.waiting();
+        if !waiting.is_empty() {
+            return Err(PluginError::Link(format!(
+                "calls = \"sync\" cannot be combined with the grants {} (their host functions \
+                 wait); use calls = \"async\"",
+                waiting.join(", ")
+            )));
+        }
+        super::sync_wasi::add_to_linker(&mut linker).map_err(link)?;
+    } else {
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+    }
     types::add_to_linker::<_, HasSelf<PluginCtx>>(&mut linker, |c| c).map_err(link)?;
     if grants.log {
         log::add_to_linker::<_, HasSelf<PluginCtx>>(&mut linker, |c| c).map_err(link)?;

@@ -10,6 +10,7 @@ pub mod linker;
 pub mod projection;
 pub mod sandbox;
 pub mod subscriber;
+pub mod sync_wasi;
 pub mod tick;
 
 use std::fmt;
@@ -37,6 +38,25 @@ pub struct Grants {
     /// the host for projection plugins only (there is no such config
     /// grant).
     pub projection: bool,
+}
+
+impl Grants {
+    /// The granted interfaces whose host functions wait (on a backend or
+    /// the event store), so that a plugin with them cannot be called
+    /// synchronously.
+    pub fn waiting(&self) -> Vec<&'static str> {
+        [
+            (self.state, "state"),
+            (self.pubsub, "pubsub"),
+            (self.events, "events"),
+            (self.read_model, "read-model"),
+            (self.projection, "projection"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect()
+    }
 }
 
 impl fmt::Display for Grants {

@@ -90,7 +90,7 @@ impl ProjectionPlugin {
             )));
         }
         check_imports(engine.engine(), component, plugin, grants)?;
-        let linker = filter_linker(engine.engine(), grants)?;
+        let linker = filter_linker(engine.engine(), grants, false)?;
         let instance_pre = linker
             .instantiate_pre(component)
             .map_err(|e| PluginError::Link(format!("cannot link: {e:#}")))?;

@@ -7,17 +7,21 @@
 //! plugin is granted `clock`. Output written to stdout/stderr is captured
 //! (the last few KiB) so a panic message can be shown in the error log.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx};
 
 /// How much guest output is kept.
 const CAPTURE_BYTES: usize = 4096;
+/// How much a guest may write to stdout/stderr in one `write` (WASI's
+/// usual stream permit).
+const WRITE_PERMIT: usize = 64 * 1024;
 
 /// Captures the tail of a guest's stdout/stderr.
 #[derive(Clone, Default)]
@@ -48,6 +52,42 @@ impl StdoutStream for OutputCapture {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
         Box::new(self.clone())
     }
+
+    /// A stream that appends to the buffer as it is written and is always
+    /// ready: no background task (wasmtime-wasi's default adapter spawns
+    /// one per stream), and nothing for a synchronous call to wait on.
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputCapture {
+    fn append(&self, data: &[u8]) {
+        let mut buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        buf.extend_from_slice(data);
+        if buf.len() > CAPTURE_BYTES {
+            let excess = buf.len() - CAPTURE_BYTES;
+            let _ = buf.split_to(excess);
+        }
+    }
+}
+
+impl OutputStream for OutputCapture {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_PERMIT)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for OutputCapture {
+    async fn ready(&mut self) {}
 }
 
 impl AsyncWrite for OutputCapture {
@@ -56,12 +96,7 @@ impl AsyncWrite for OutputCapture {
         _: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let mut buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        buf.extend_from_slice(data);
-        if buf.len() > CAPTURE_BYTES {
-            let excess = buf.len() - CAPTURE_BYTES;
-            let _ = buf.split_to(excess);
-        }
+        self.append(data);
         Poll::Ready(Ok(data.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {

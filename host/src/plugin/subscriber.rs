@@ -59,7 +59,7 @@ impl SubscriberFactory {
         caps: Arc<Capabilities>,
     ) -> Result<(Self, SubscriberInstance), PluginError> {
         check_imports(engine.engine(), component, &spec.plugin, spec.grants)?;
-        let linker = filter_linker(engine.engine(), spec.grants)?;
+        let linker = filter_linker(engine.engine(), spec.grants, false)?;
         let instance_pre = linker
             .instantiate_pre(component)
             .map_err(|e| PluginError::Link(format!("cannot link: {e:#}")))?;

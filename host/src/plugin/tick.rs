@@ -96,7 +96,7 @@ impl TickRunner {
         caps: Arc<Capabilities>,
     ) -> Result<TickRunner, PluginError> {
         check_imports(engine.engine(), component, &spec.plugin, spec.grants)?;
-        let linker = filter_linker(engine.engine(), spec.grants)?;
+        let linker = filter_linker(engine.engine(), spec.grants, false)?;
         let instance_pre = linker
             .instantiate_pre(component)
             .map_err(|e| PluginError::Link(format!("cannot link: {e:#}")))?;
