@@ -770,6 +770,24 @@ fn duplicate_grants() {
 }
 
 #[test]
+fn sync_calls_refuse_grants_whose_functions_wait() {
+    let e = error(
+        "[plugins.p]\nsource = \"p.wasm\"\ngrants = [\"log\", \"state\", \"pubsub\"]\ncalls = \"sync\"\n",
+    );
+    assert_error(
+        &e,
+        "plugins.p.calls",
+        4,
+        r#"calls = "sync" cannot be combined with the grants "state", "pubsub" (their host functions wait)"#,
+    );
+    // Grants that answer at once are fine, and so is async with any grant.
+    parse("[plugins.p]\nsource = \"p.wasm\"\ngrants = [\"log\", \"metrics\", \"leader\", \"clock\"]\ncalls = \"sync\"\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    parse("[plugins.p]\nsource = \"p.wasm\"\ngrants = [\"state\"]\ncalls = \"async\"\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
 fn bad_plugin_and_upstream_names() {
     let text = r#"
 [plugins.Breaker]
