@@ -30,6 +30,12 @@ upstream = "main"
 pipeline = [{ plugin = "loop" }]
 
 [[routes]]
+name = "sleep"
+match = { path_prefix = "/sleep" }
+upstream = "main"
+pipeline = [{ plugin = "sleeper", config = { sleep_ms = 3000 } }]
+
+[[routes]]
 name = "trap"
 match = { path_prefix = "/trap" }
 upstream = "main"
@@ -53,6 +59,11 @@ static ENV: Shared<Env> = Shared::new(|| {
     let cfg = Cfg::new()
         .plugin("headers", Fixture::Headers, "calls = \"sync\"")
         .plugin("loop", Fixture::Loop, "calls = \"sync\"\ntimeout_ms = 50")
+        .plugin(
+            "sleeper",
+            Fixture::Loop,
+            "calls = \"sync\"\ntimeout_ms = 10000",
+        )
         .plugin("trap", Fixture::Trap, "calls = \"sync\"\ntimeout_ms = 5000")
         .plugin(
             "trap-open",
@@ -144,6 +155,49 @@ async fn a_looping_sync_plugin_is_stopped_at_its_deadline_and_others_answer() {
     assert_eq!(resp.status, 200, "{resp:?}");
     for l in loops {
         assert_eq!(l.await.expect("a loop request task panicked"), 500);
+    }
+}
+
+/// A synchronous hook that waits (here `std::thread::sleep`, a `wasi:clocks` pollable) waits
+/// in `block_in_place`: the worker hands its other requests to another thread, so sleeping
+/// hooks on every worker at once (eight: more than the workers of most machines) still leave
+/// the gateway answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_sync_plugin_does_not_hold_up_other_requests() {
+    let env = ENV.get();
+    let sleepers: Vec<_> = (0..8)
+        .map(|_| {
+            let gw: &'static Gateway = &ENV.get().gw;
+            tokio::spawn(async move {
+                gw.get("/sleep")
+                    .timeout(Duration::from_secs(20))
+                    .send()
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    // Let the sleepers reach the plugin.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        let resp = env
+            .gw
+            .get("/edit")
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+    }
+    // Had the sleeping hooks held their threads, the edits would have waited for the first
+    // of them (more sleepers than this machine has workers) to end.
+    let still_sleeping = sleepers.iter().filter(|s| !s.is_finished()).count();
+    assert_eq!(
+        still_sleeping,
+        sleepers.len(),
+        "other requests were answered only after some sleeping hooks ended"
+    );
+    for s in sleepers {
+        assert_eq!(s.await.expect("a sleep request task panicked"), 200);
     }
 }
 
