@@ -76,15 +76,17 @@ pub fn check_imports(
 }
 
 /// Reject, for a plugin called synchronously, a component that imports a
-/// WASI interface the synchronous linker does not provide
-/// ([`sync_wasi`](super::sync_wasi)).
+/// WASI interface the asynchronous linker provides and the synchronous one
+/// does not ([`sync_wasi`](super::sync_wasi)): `wasi:filesystem` and
+/// `wasi:sockets`. (Any other unknown import fails at linking in both
+/// modes, with the linker's message.)
 pub fn check_sync_imports(engine: &Engine, component: &Component) -> Result<(), PluginError> {
     let ty = component.component_type();
     for (name, item) in ty.imports(engine) {
-        if !matches!(item.ty, ComponentItem::ComponentInstance(_)) || !name.starts_with("wasi:") {
+        if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
             continue;
         }
-        if !super::sync_wasi::SYNC_WASI_PACKAGES
+        if super::sync_wasi::ASYNC_ONLY_WASI_PACKAGES
             .iter()
             .any(|p| name.starts_with(p))
         {

@@ -32,8 +32,9 @@ use wasmtime_wasi::p2::bindings::sync::io::{poll, streams};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamError, StreamResult};
 use wasmtime_wasi::WasiView;
 
-/// The WASI interface families a synchronous plugin can import.
-pub const SYNC_WASI_PACKAGES: [&str; 4] = ["wasi:cli/", "wasi:clocks/", "wasi:io/", "wasi:random/"];
+/// The WASI packages the asynchronous filter linker provides and this one
+/// does not.
+pub const ASYNC_ONLY_WASI_PACKAGES: [&str; 2] = ["wasi:filesystem/", "wasi:sockets/"];
 
 /// Run `fut` to completion without a fiber: poll it once, and if it is not
 /// ready, wait for it on this thread inside `block_in_place` (multi-thread
