@@ -499,7 +499,7 @@ pub struct Plugin {
     #[schemars(range(min = 1, max = 1024))]
     pub pool_size: u32,
     /// How the host calls the plugin's filter hooks. `"sync"` skips the async fiber of each
-    /// call (about 0.14 us per hook call) but a call that loops holds its worker thread until
+    /// call (about 0.2 us per hook call) but a call that loops holds its worker thread until
     /// `timeout_ms`, and the plugin may import only `wasi:cli`, `wasi:clocks`, `wasi:io` and
     /// `wasi:random` and no grant whose functions wait (`state`, `pubsub`, `events`,
     /// `read-model`). Applies to route pipelines; handlers, subscribers, ticks and projections
@@ -601,6 +601,15 @@ impl Grant {
             Grant::Clock => "clock",
         }
     }
+
+    /// Whether the interface's host functions wait (on the backend or the event store), so
+    /// that a plugin granted it cannot have `calls = "sync"`.
+    pub fn waits(self) -> bool {
+        matches!(
+            self,
+            Grant::State | Grant::Pubsub | Grant::Events | Grant::ReadModel
+        )
+    }
 }
 
 impl fmt::Display for Grant {
@@ -641,16 +650,6 @@ pub enum CallMode {
     /// Directly on the worker thread: faster, but a looping call holds the thread until its
     /// deadline.
     Sync,
-}
-
-impl CallMode {
-    /// The mode's name as written in TOML.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallMode::Async => "async",
-            CallMode::Sync => "sync",
-        }
-    }
 }
 
 /// `[upstreams.NAME]`: a set of equivalent endpoints a route can forward to.

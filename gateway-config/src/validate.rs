@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use crate::error::{ConfigError, ConfigErrors};
 use crate::locate::{join_index, join_key, Locator};
-use crate::model::{CallMode, Config, Grant, Match, Plugin, Route, Server, Upstream};
+use crate::model::{CallMode, Config, Match, Plugin, Route, Server, Upstream};
 
 /// Pattern of plugin and upstream names.
 pub(crate) const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]*$";
@@ -274,16 +274,11 @@ fn check_plugin(name: &str, plugin: &Plugin, out: &mut Problems) {
     );
     out.range(join_key(&base, "pool_size"), plugin.pool_size, 1, 1024);
     if plugin.calls == CallMode::Sync {
-        let waiting: Vec<&str> = plugin
+        let waiting: Vec<String> = plugin
             .grants
             .iter()
-            .filter(|g| {
-                matches!(
-                    g,
-                    Grant::State | Grant::Pubsub | Grant::Events | Grant::ReadModel
-                )
-            })
-            .map(|g| g.as_str())
+            .filter(|g| g.waits())
+            .map(|g| format!("\"{g}\""))
             .collect();
         if !waiting.is_empty() {
             out.push(
@@ -291,11 +286,7 @@ fn check_plugin(name: &str, plugin: &Plugin, out: &mut Problems) {
                 format!(
                     "calls = \"sync\" cannot be combined with the grants {} (their host \
                      functions wait): expected calls = \"async\" or grants without them",
-                    waiting
-                        .iter()
-                        .map(|g| format!("\"{g}\""))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    waiting.join(", ")
                 ),
             );
         }

@@ -5,7 +5,7 @@
 //! with the key that asked for them.
 
 use crate::sandbox::plugin_failure;
-use crate::support::{unique, Cfg, Fixture, Gateway, Shared, Upstream};
+use crate::support::{unique, Cfg, Checked, Fixture, Gateway, Shared, Upstream};
 use std::time::Duration;
 
 struct Env {
@@ -245,25 +245,25 @@ async fn a_sync_memory_hog_is_stopped_at_its_memory_limit() {
     assert_eq!(resp.status, 200, "{resp:?}");
 }
 
+/// `ficus check` of one route whose only step is `plugin` (`fixture`, with the `[plugins.NAME]`
+/// lines `lines`).
+fn check_one_step(plugin: &str, fixture: Fixture, lines: &str) -> Checked {
+    Cfg::new()
+        .plugin(plugin, fixture, lines)
+        .upstream("main", &["127.0.0.1:9".to_owned()], "")
+        .toml(&format!(
+            "[[routes]]\nname = \"r\"\nupstream = \"main\"\npipeline = [{{ plugin = \"{plugin}\" }}]\n"
+        ))
+        .check()
+}
+
 #[test]
 fn sync_calls_with_a_waiting_grant_are_a_config_error() {
-    let cfg = Cfg::new()
-        .plugin(
-            "ungranted",
-            Fixture::Ungranted,
-            "calls = \"sync\"\ngrants = [\"state\", \"log\"]",
-        )
-        .upstream("main", &["127.0.0.1:9".to_owned()], "")
-        .toml(
-            r#"
-            [[routes]]
-            name = "counting"
-            match = { path_prefix = "/count" }
-            upstream = "main"
-            pipeline = [{ plugin = "ungranted" }]
-            "#,
-        );
-    let checked = cfg.check();
+    let checked = check_one_step(
+        "ungranted",
+        Fixture::Ungranted,
+        "calls = \"sync\"\ngrants = [\"state\", \"log\"]",
+    );
     assert_eq!(checked.code, Some(2), "{checked}");
     assert!(
         checked.stderr.contains("plugins.ungranted.calls: ")
@@ -280,19 +280,7 @@ fn sync_calls_with_a_waiting_grant_are_a_config_error() {
 
 #[test]
 fn an_unknown_call_mode_is_a_config_error() {
-    let cfg = Cfg::new()
-        .plugin("headers", Fixture::Headers, "calls = \"blocking\"")
-        .upstream("main", &["127.0.0.1:9".to_owned()], "")
-        .toml(
-            r#"
-            [[routes]]
-            name = "edit"
-            match = { path_prefix = "/" }
-            upstream = "main"
-            pipeline = [{ plugin = "headers" }]
-            "#,
-        );
-    let checked = cfg.check();
+    let checked = check_one_step("headers", Fixture::Headers, "calls = \"blocking\"");
     assert_eq!(checked.code, Some(2), "{checked}");
     assert!(
         checked.stderr.contains("calls") && checked.stderr.contains("`async`"),

@@ -30,7 +30,9 @@ use crate::pipeline::exchange::{RequestState, ResponseState};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, Resource};
-use wasmtime::component::{ComponentExportIndex, Func, InstancePre, TypedFunc};
+use wasmtime::component::{
+    ComponentExportIndex, ComponentNamedList, Func, InstancePre, Lift, Lower, TypedFunc,
+};
 use wasmtime::Store;
 
 /// Everything needed to run one pipeline step.
@@ -338,13 +340,13 @@ impl FilterPool {
             }
         };
         arm(&mut store);
-        let configure = hooks.configure();
-        let args = (self.spec.config_json.as_str(),);
-        let result = if self.spec.sync_calls {
-            configure.call(&mut store, args)
-        } else {
-            configure.call_async(&mut store, args).await
-        };
+        let result = self
+            .call(
+                hooks.configure(),
+                &mut store,
+                (self.spec.config_json.as_str(),),
+            )
+            .await;
         match result {
             Ok((Ok(set),)) => {
                 let retire_above =
@@ -360,6 +362,25 @@ impl FilterPool {
             }
             Ok((Err(msg),)) => Err(PluginError::Rejected(msg)),
             Err(e) => Err(classify(&mut store, Hook::Configure, e)),
+        }
+    }
+
+    /// Call `func` the way the spec says: on the worker thread
+    /// (`calls = "sync"`) or on an async fiber.
+    async fn call<P, R>(
+        &self,
+        func: TypedFunc<P, R>,
+        store: &mut Store<PluginCtx>,
+        args: P,
+    ) -> wasmtime::Result<R>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentNamedList + Lift + Send + Sync + 'static,
+    {
+        if self.spec.sync_calls {
+            func.call(store, args)
+        } else {
+            func.call_async(store, args).await
         }
     }
 
@@ -420,14 +441,14 @@ impl FilterPool {
         };
         inst.store.data_mut().req = Some(req);
         arm(&mut inst.store);
-        let hook = inst.hooks.on_request();
-        let args = (Resource::<RequestHandle>::new_borrow(0),);
-        let result = if self.spec.sync_calls {
-            hook.call(&mut inst.store, args)
-        } else {
-            hook.call_async(&mut inst.store, args).await
-        }
-        .map(|(action,)| action);
+        let result = self
+            .call(
+                inst.hooks.on_request(),
+                &mut inst.store,
+                (Resource::<RequestHandle>::new_borrow(0),),
+            )
+            .await
+            .map(|(action,)| action);
         let req = inst
             .store
             .data_mut()
@@ -467,18 +488,18 @@ impl FilterPool {
         data.req = Some(req);
         data.resp = Some(resp);
         arm(&mut inst.store);
-        let hook = inst.hooks.on_response();
-        let args = (
-            Resource::<RequestHandle>::new_borrow(0),
-            Resource::<ResponseHandle>::new_borrow(0),
-            attempt,
-        );
-        let result = if self.spec.sync_calls {
-            hook.call(&mut inst.store, args)
-        } else {
-            hook.call_async(&mut inst.store, args).await
-        }
-        .map(|(action,)| action);
+        let result = self
+            .call(
+                inst.hooks.on_response(),
+                &mut inst.store,
+                (
+                    Resource::<RequestHandle>::new_borrow(0),
+                    Resource::<ResponseHandle>::new_borrow(0),
+                    attempt,
+                ),
+            )
+            .await
+            .map(|(action,)| action);
         let data = inst.store.data_mut();
         let req = data.req.take().expect("request lent for the call");
         let resp = data.resp.take().expect("response lent for the call");

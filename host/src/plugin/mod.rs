@@ -43,7 +43,9 @@ pub struct Grants {
 impl Grants {
     /// The granted interfaces whose host functions wait (on a backend or
     /// the event store), so that a plugin with them cannot be called
-    /// synchronously.
+    /// synchronously: config validation refuses them by
+    /// [`ficus_config::Grant::waits`]; this is the linker's own guard, for
+    /// specs built in code (plus `projection`, which no config grants).
     pub fn waiting(&self) -> Vec<&'static str> {
         [
             (self.state, "state"),

@@ -1,8 +1,8 @@
 //! WASI for plugins whose hooks are called synchronously (`calls = "sync"`).
 //!
 //! A synchronous call skips the async fiber every `call_async` runs on
-//! (about 140 ns and 0.7k instructions per hook call on the benchmark
-//! machine), but wasmtime allows it only when no host function linked into
+//! (about 1k instructions and typically 0.2-0.25 us per hook call on the
+//! benchmark machine), but wasmtime allows it only when no host function linked into
 //! the instance is async. wasmtime-wasi's synchronous bindings are not
 //! usable here: their blocking functions (`blocking-write-and-flush`, a
 //! stream's destructor, `poll`) enter tokio with `Handle::block_on`, which

@@ -16,7 +16,7 @@ mod switch;
 mod upstream;
 
 pub(crate) use flaky::{Fault, Flaky};
-pub(crate) use gateway::{Cfg, Gateway, Shared};
+pub(crate) use gateway::{Cfg, Checked, Gateway, Shared};
 pub(crate) use http::{raw_http, Req};
 pub(crate) use switch::Switch;
 pub(crate) use upstream::{dead_endpoint, BrokenUpstream, Upstream};
