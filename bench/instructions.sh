@@ -24,6 +24,8 @@
 # pooling allocator's default address space (terabytes of PROT_NONE).
 #
 # Knobs (environment): TARGETS="bare ficus-0 ficus-1" DURATION=6 WARMUP=2
+# CONNECTIONS=1 (wrk's connections; 32 is the load test's: with one, every
+# request also pays the runtime's park and wake-up, which many connections share)
 # SKIP_BUILD=1 KEEP=DIR (keep the callgrind files there, one per thread, for
 # callgrind_annotate). Needs valgrind and wrk (installed with apt-get when missing).
 # Takes about 2 minutes. Benchmarks report: this script never fails on a
@@ -32,6 +34,7 @@ set -euo pipefail
 
 DURATION=${DURATION:-6}
 WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-1}
 read -r -a TARGETS <<<"${TARGETS:-bare ficus-0 ficus-1}"
 
 cd "$(dirname "$0")/.."
@@ -139,9 +142,9 @@ for target in "${TARGETS[@]}"; do
     start "$target" 180 "${valgrind[@]}" "${cmd[@]}"
     pid=$STARTED_PID
     url="http://$STARTED_ADDR/bench"
-    wrk -t1 -c1 -d"${WARMUP}s" "$url" >/dev/null
+    wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
     callgrind_control -i on "$pid" >/dev/null 2>&1
-    result=$(wrk -t1 -c1 -d"${DURATION}s" "$url")
+    result=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "$url")
     requests=$(awk '/requests in/ { print $1 }' <<<"$result")
     callgrind_control -d "$pid" >/dev/null 2>&1
     callgrind_control -i off "$pid" >/dev/null 2>&1
@@ -167,7 +170,7 @@ for target in "${TARGETS[@]}"; do
 done
 
 echo
-echo "Instructions per proxied request (callgrind, user space, all threads; wrk -t1 -c1 -d${DURATION}s, keep-alive)"
+echo "Instructions per proxied request (callgrind, user space, all threads; wrk -t1 -c$CONNECTIONS -d${DURATION}s, keep-alive)"
 printf '%-10s %10s %16s %12s\n' target requests "instr/request" "vs bare"
 for target in "${TARGETS[@]}"; do
     ratio=n/a

@@ -43,6 +43,9 @@ pub(crate) mod defaults {
     pub(crate) const fn shutdown_grace_ms() -> u64 {
         10_000
     }
+    pub(crate) const fn header_read_timeout_ms() -> u64 {
+        30_000
+    }
     pub(crate) fn cache_dir() -> PathBuf {
         PathBuf::from(".ficus-cache")
     }
@@ -303,6 +306,12 @@ pub struct Server {
     /// Default: `10000`.
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// How long an HTTP/1 client has to send a complete request head, in milliseconds,
+    /// counted from the connection's start or the end of its previous request (so it also
+    /// closes idle keep-alive connections); 100..=3600000. Default: `30000`.
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    #[schemars(range(min = 100, max = 3_600_000))]
+    pub header_read_timeout_ms: u64,
     /// Directory of precompiled plugin artifacts, relative to the configuration file's
     /// directory. Default: `".ficus-cache"`.
     #[serde(default = "defaults::cache_dir")]
@@ -330,6 +339,7 @@ impl Default for Server {
             max_request_body_bytes: defaults::max_request_body_bytes(),
             max_response_body_bytes: defaults::max_response_body_bytes(),
             shutdown_grace_ms: defaults::shutdown_grace_ms(),
+            header_read_timeout_ms: defaults::header_read_timeout_ms(),
             cache_dir: defaults::cache_dir(),
             http2: defaults::http2(),
             max_plugin_instances: defaults::max_plugin_instances(),

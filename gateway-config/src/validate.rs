@@ -215,6 +215,12 @@ fn check_server(server: &Server, out: &mut Problems) {
     );
     out.range("server.max_headers".into(), server.max_headers, 1, 1000);
     out.range(
+        "server.header_read_timeout_ms".into(),
+        server.header_read_timeout_ms,
+        100,
+        3_600_000,
+    );
+    out.range(
         "server.max_plugin_instances".into(),
         server.max_plugin_instances,
         1,

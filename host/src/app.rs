@@ -378,6 +378,7 @@ pub async fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         max_headers: config.server.max_headers,
         http2: config.server.http2,
         shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
     };
     let proxy = server::serve(listener, reloader.gateway(), options, wait(stop_rx));
     tokio::pin!(proxy);

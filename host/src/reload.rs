@@ -92,6 +92,10 @@ impl Fixed {
             ("server.http2", s.http2.to_string()),
             ("server.shutdown_grace_ms", s.shutdown_grace_ms.to_string()),
             (
+                "server.header_read_timeout_ms",
+                s.header_read_timeout_ms.to_string(),
+            ),
+            (
                 "server.cache_dir",
                 c.resolve(&s.cache_dir).display().to_string(),
             ),

@@ -269,3 +269,138 @@ async fn shutdown_grace_period_bounds_the_drain() {
         "the stuck request cannot have completed: {result:?}"
     );
 }
+
+/// Read one HTTP/1.1 response (head and `content-length` body) from a
+/// keep-alive connection; `None` when the connection ends first.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return Some(String::from_utf8_lossy(&got).into_owned());
+            }
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Whether the gateway closes `stream` within `within` (reads until EOF).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let eof = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, eof).await.is_ok()
+}
+
+/// `server.header_read_timeout_ms`: a client trickling a request head is cut
+/// off at the timeout, an idle keep-alive connection is closed after it, and a
+/// keep-alive connection whose requests come within it stays open across many
+/// timeout periods (each head gets its own deadline; the per-connection timer
+/// is re-armed, not fired, for a deadline left by an earlier request).
+#[tokio::test]
+async fn header_read_timeout_cuts_slow_heads_not_busy_keep_alive_connections() {
+    use tokio::io::AsyncWriteExt;
+    let main = Upstream::start("main");
+    let cfg = Cfg::new()
+        .server("header_read_timeout_ms = 400")
+        .upstream("main", &[main.endpoint()], "")
+        .toml(
+            r#"
+            [[routes]]
+            name = "plain"
+            match = { path_prefix = "/plain" }
+            upstream = "main"
+            "#,
+        );
+    let gw = Gateway::start(&cfg);
+    let _watch = gw.watch();
+
+    // Half a request head, then nothing: closed at the timeout, not before.
+    let mut slow = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    slow.write_all(b"GET /plain HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(10)).await,
+        "a connection trickling its head was not closed"
+    );
+    assert!(
+        sent.elapsed() >= Duration::from_millis(300),
+        "closed after {:?}, before the 400 ms timeout",
+        sent.elapsed()
+    );
+
+    // Requests 250 ms apart on one connection: 6 requests span 3 timeout
+    // periods, and every head comes within 400 ms of the previous response.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    for i in 0..6 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        conn.write_all(b"GET /plain/ka HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: write failed: {e}"));
+        let resp = read_response(&mut conn)
+            .await
+            .unwrap_or_else(|| panic!("request {i}: the connection was closed"));
+        assert!(resp.starts_with("HTTP/1.1 200"), "request {i}: {resp:?}");
+    }
+    // Then idle: closed after the timeout.
+    let idle = Instant::now();
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(10)).await,
+        "an idle keep-alive connection was not closed"
+    );
+    assert!(
+        idle.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        idle.elapsed()
+    );
+
+    assert!(gw.is_running());
+    let resp = gw.get("/plain").send().await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+}
+
+/// A header-read timeout outside its range is a config error naming the key.
+#[test]
+fn header_read_timeout_out_of_range_is_a_config_error() {
+    let checked = Cfg::new()
+        .server("header_read_timeout_ms = 5")
+        .upstream("main", &["127.0.0.1:9".to_string()], "")
+        .toml(
+            r#"
+            [[routes]]
+            name = "plain"
+            match = { path_prefix = "/" }
+            upstream = "main"
+            "#,
+        )
+        .check();
+    assert_eq!(checked.code, Some(2), "{checked}");
+    assert!(
+        checked
+            .stderr
+            .contains("server.header_read_timeout_ms: must be between 100 and 3600000 (got 5)"),
+        "{checked}"
+    );
+}

@@ -2,11 +2,13 @@
 //! one port, header limits, and graceful shutdown (stop accepting, let
 //! in-flight requests finish within the grace period).
 
+pub mod conn_timer;
 pub mod router;
 
 use crate::gateway::Gateway;
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use conn_timer::ConnTimer;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +27,9 @@ pub struct ServerOptions {
     pub http2: bool,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// How long an HTTP/1 client has to send a request head (from the
+    /// connection's start or the end of its previous request).
+    pub header_read_timeout: Duration,
 }
 
 /// Accept connections until `shutdown` resolves, then drain.
@@ -38,9 +43,9 @@ pub async fn serve(
     builder
         .http1()
         .keep_alive(true)
-        .timer(TokioTimer::new())
-        // Slow clients may not hold a connection open by trickling headers.
-        .header_read_timeout(Duration::from_secs(30))
+        // Slow clients may not hold a connection open by trickling headers;
+        // the timer is set per connection below (see `ConnTimer`).
+        .header_read_timeout(options.header_read_timeout)
         .max_buf_size(options.max_header_bytes.max(8192))
         .max_headers(options.max_headers);
     builder
@@ -70,7 +75,11 @@ pub async fn serve(
                     let fut = generation.handle(req, client_addr, client_ip.clone());
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                // One timer per connection: its header-read timeouts share
+                // one tokio sleep instead of arming one per request.
+                let mut conn_builder = builder.clone();
+                conn_builder.http1().timer(ConnTimer::new());
+                let conn = conn_builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
