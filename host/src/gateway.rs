@@ -3,6 +3,7 @@
 //! that serves one request with it.
 
 use crate::capability::Services;
+use crate::conn_timer::ConnTimer;
 use crate::pipeline::canary::{Budget, Canary, CanarySummary};
 use crate::pipeline::exchange::{strip_hop_by_hop, RequestState};
 use crate::pipeline::response::{collect_limited, error_response, BoxBody, CollectError};
@@ -371,6 +372,7 @@ impl Gateway {
         req: http::Request<hyper::body::Incoming>,
         client_addr: SocketAddr,
         client_ip: HeaderValue,
+        timer: Option<ConnTimer>,
     ) -> http::Response<BoxBody> {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
@@ -431,7 +433,15 @@ impl Gateway {
             // going away (hyper dropping this future) cannot cut a pipeline
             // between its hooks: run it here, without a task of its own.
             let mut unfinished = pipeline::Unfinished::new(&route, started);
-            let resp = pipeline::run_for_client(&route, &self.clusters, req, started, None).await;
+            let resp = pipeline::run_for_client(
+                &route,
+                &self.clusters,
+                req,
+                started,
+                None,
+                timer.as_ref(),
+            )
+            .await;
             unfinished.finished();
             return resp;
         }
@@ -442,7 +452,8 @@ impl Gateway {
         let (client, gone) = tokio::sync::watch::channel(());
         let gateway = self.clone();
         let task = tokio::spawn(async move {
-            pipeline::run_for_client(&route, &gateway.clusters, req, started, Some(gone)).await
+            pipeline::run_for_client(&route, &gateway.clusters, req, started, Some(gone), None)
+                .await
         });
         let result = task.await;
         drop(client);

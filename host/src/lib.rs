@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod app;
 pub mod capability;
+pub mod conn_timer;
 pub mod gateway;
 pub mod pipeline;
 pub mod plugin;

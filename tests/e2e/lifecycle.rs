@@ -314,20 +314,29 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> 
 /// off at the timeout, an idle keep-alive connection is closed after it, and a
 /// keep-alive connection whose requests come within it stays open across many
 /// timeout periods (each head gets its own deadline; the per-connection timer
-/// is re-armed, not fired, for a deadline left by an earlier request).
+/// is re-armed, not fired, for a deadline left by an earlier request). The
+/// upstream attempt timeouts of the same connection share that timer: a
+/// shorter one fires on time, and the header deadlines still hold after it.
 #[tokio::test]
 async fn header_read_timeout_cuts_slow_heads_not_busy_keep_alive_connections() {
     use tokio::io::AsyncWriteExt;
     let main = Upstream::start("main");
+    let slow = Upstream::start("slow");
     let cfg = Cfg::new()
         .server("header_read_timeout_ms = 400")
         .upstream("main", &[main.endpoint()], "")
+        .upstream("slow", &[slow.endpoint()], "timeout_ms = 150")
         .toml(
             r#"
             [[routes]]
             name = "plain"
             match = { path_prefix = "/plain" }
             upstream = "main"
+
+            [[routes]]
+            name = "slow"
+            match = { path_prefix = "/slow" }
+            upstream = "slow"
             "#,
         );
     let gw = Gateway::start(&cfg);
@@ -351,18 +360,35 @@ async fn header_read_timeout_cuts_slow_heads_not_busy_keep_alive_connections() {
 
     // Requests 250 ms apart on one connection: 6 requests span 3 timeout
     // periods, and every head comes within 400 ms of the previous response.
+    // Every third one goes to an upstream slower than its 150 ms timeout.
     let mut conn = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     for i in 0..6 {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        conn.write_all(b"GET /plain/ka HTTP/1.1\r\nhost: x\r\n\r\n")
+        let timed_out = i % 3 == 2;
+        let request: &[u8] = if timed_out {
+            b"GET /slow/ka HTTP/1.1\r\nhost: x\r\nx-delay-ms: 3000\r\n\r\n"
+        } else {
+            b"GET /plain/ka HTTP/1.1\r\nhost: x\r\n\r\n"
+        };
+        conn.write_all(request)
             .await
             .unwrap_or_else(|e| panic!("request {i}: write failed: {e}"));
+        let sent = Instant::now();
         let resp = read_response(&mut conn)
             .await
             .unwrap_or_else(|| panic!("request {i}: the connection was closed"));
-        assert!(resp.starts_with("HTTP/1.1 200"), "request {i}: {resp:?}");
+        if timed_out {
+            assert!(resp.starts_with("HTTP/1.1 504"), "request {i}: {resp:?}");
+            assert!(
+                sent.elapsed() < Duration::from_millis(2500),
+                "request {i}: the 504 came after {:?}, not at the 150 ms timeout",
+                sent.elapsed()
+            );
+        } else {
+            assert!(resp.starts_with("HTTP/1.1 200"), "request {i}: {resp:?}");
+        }
     }
     // Then idle: closed after the timeout.
     let idle = Instant::now();

@@ -15,6 +15,7 @@ pub mod exchange;
 pub mod response;
 pub mod shadow;
 
+use crate::conn_timer::ConnTimer;
 use crate::plugin::bindings::{
     AttemptInfo, RequestAction, ResponseAction, ResponseSpec, UpstreamError,
 };
@@ -257,7 +258,7 @@ pub async fn run(
     req: Box<RequestState>,
     started: Instant,
 ) -> http::Response<BoxBody> {
-    run_for_client(route, clusters, req, started, None).await
+    run_for_client(route, clusters, req, started, None, None).await
 }
 
 /// Resolves once the client has gone away: the sender of `gone` (held by the
@@ -309,13 +310,16 @@ impl Drop for Unfinished<'_> {
 /// pipeline, see [`Route::needs_own_task`]); the pipeline still runs to its end, so that
 /// every filter whose `on-request` ran gets its `on-response`, but the
 /// upstream attempt in progress and any retry are abandoned: the filters see a
-/// local [`CLIENT_CLOSED_REQUEST`] response instead.
+/// local [`CLIENT_CLOSED_REQUEST`] response instead. `timer` is the client
+/// connection's, given when the pipeline runs on that connection's task: the
+/// upstream attempts then wait on it (see [`ConnTimer`]).
 pub async fn run_for_client(
     route: &Route,
     clusters: &Clusters,
     mut req: Box<RequestState>,
     started: Instant,
     mut gone: Option<tokio::sync::watch::Receiver<()>>,
+    timer: Option<&ConnTimer>,
 ) -> http::Response<BoxBody> {
     let n = route.steps.len();
     let mut slots: Vec<Slot> = Vec::with_capacity(n);
@@ -381,7 +385,7 @@ pub async fn run_for_client(
         let mut produced = match local.take() {
             Some(p) => p,
             None => tokio::select! {
-                p = destination(route, clusters, &mut req, target.as_ref(), attempt, last_use) => p,
+                p = destination(route, clusters, &mut req, target.as_ref(), attempt, last_use, timer) => p,
                 () = client_gone(&mut gone) => client_closed(attempt, route.plugin_body),
             },
         };
@@ -550,6 +554,7 @@ async fn destination(
     target: Option<&crate::plugin::bindings::UpstreamTarget>,
     attempt: u32,
     last_use: bool,
+    timer: Option<&ConnTimer>,
 ) -> Produced {
     let cluster = match (target, &route.destination) {
         (Some(t), _) => match clusters.get(&t.cluster) {
@@ -631,7 +636,7 @@ async fn destination(
     let timeout = req.attempt_timeout.unwrap_or(cluster.timeout);
     // Only `on-response` hooks read an attempt's latency: time it for them.
     let sent = route.has_response_hooks().then(Instant::now);
-    let result = cluster.send(out, timeout).await;
+    let result = cluster.send(out, timeout, timer).await;
     let latency_us = sent.map_or(0, |sent| sent.elapsed().as_micros() as u64);
     match result {
         Ok(resp) => {

@@ -114,7 +114,7 @@ async fn shadow(
     *out.uri_mut() = uri;
     *out.headers_mut() = headers;
     let resp = cluster
-        .send(out, cluster.timeout)
+        .send(out, cluster.timeout, None)
         .await
         .map_err(|f| format!("{}: {}", kind_name(f.kind), f.detail))?;
     let (parts, body) = resp.into_parts();

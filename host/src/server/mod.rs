@@ -2,12 +2,11 @@
 //! one port, header limits, and graceful shutdown (stop accepting, let
 //! in-flight requests finish within the grace period).
 
-pub mod conn_timer;
 pub mod router;
 
+use crate::conn_timer::ConnTimer;
 use crate::gateway::Gateway;
 use arc_swap::ArcSwap;
-use conn_timer::ConnTimer;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
@@ -70,15 +69,20 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let gateway = gateway.clone();
                 let client_ip = crate::pipeline::exchange::client_ip_value(client_addr);
-                let service = hyper::service::service_fn(move |req| {
+                // One timer per connection (see `ConnTimer`): hyper's
+                // header-read timeouts and the attempt timeouts of HTTP/1
+                // requests (served on the connection's task) share one
+                // tokio sleep instead of arming one each.
+                let timer = ConnTimer::new();
+                let mut conn_builder = builder.clone();
+                conn_builder.http1().timer(timer.clone());
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let generation = gateway.load_full();
-                    let fut = generation.handle(req, client_addr, client_ip.clone());
+                    // HTTP/2 serves each stream on a task of its own.
+                    let timer = (req.version() < http::Version::HTTP_2).then(|| timer.clone());
+                    let fut = generation.handle(req, client_addr, client_ip.clone(), timer);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                // One timer per connection: its header-read timeouts share
-                // one tokio sleep instead of arming one per request.
-                let mut conn_builder = builder.clone();
-                conn_builder.http1().timer(ConnTimer::new());
                 let conn = conn_builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

@@ -3,6 +3,7 @@
 //! and per-attempt timeouts, and failures classified for filters and for
 //! the 502/503/504 the client sees.
 
+use crate::conn_timer::ConnTimer;
 use crate::plugin::bindings::UpstreamError;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -159,19 +160,26 @@ impl Cluster {
     }
 
     /// Send one attempt to `endpoint`, waiting at most `timeout` for the
-    /// response head.
+    /// response head: on the client connection's timer when the caller runs
+    /// on that connection's task (see [`ConnTimer`]), else on a tokio sleep.
     pub async fn send(
         &self,
         req: http::Request<Full<Bytes>>,
         timeout: Duration,
+        timer: Option<&ConnTimer>,
     ) -> Result<http::Response<Incoming>, Failure> {
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => Err(Failure {
+        let response = self.client.request(req);
+        let result = match timer {
+            Some(timer) => timer.timeout(timeout, response).await,
+            None => tokio::time::timeout(timeout, response).await.ok(),
+        };
+        match result {
+            None => Err(Failure {
                 kind: UpstreamError::Timeout,
                 detail: format!("no response head within {} ms", timeout.as_millis()),
             }),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(&e)),
+            Some(Ok(resp)) => Ok(resp),
+            Some(Err(e)) => Err(classify(&e)),
         }
     }
 }
