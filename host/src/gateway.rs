@@ -450,12 +450,7 @@ impl Gateway {
         // `on-response`: dropping `client` tells the pipeline to abandon the
         // upstream attempt and finish its hooks (see `pipeline`).
         let (client, gone) = tokio::sync::watch::channel(());
-        let gateway = self.clone();
-        let task = tokio::spawn(async move {
-            pipeline::run_for_client(&route, &gateway.clusters, req, started, Some(gone), None)
-                .await
-        });
-        let result = task.await;
+        let result = self.spawn_pipeline(route, req, started, gone).await;
         drop(client);
         match result {
             Ok(resp) => resp,
@@ -466,6 +461,26 @@ impl Gateway {
                 "the gateway is shutting down",
             ),
         }
+    }
+}
+
+impl Gateway {
+    /// Spawn the pipeline of a request on a task of its own. A plain `fn`,
+    /// so that the spawned future (as large as the pipeline's) is built here
+    /// and not laid out inside [`Gateway::handle`]'s future, which every
+    /// request moves several times.
+    fn spawn_pipeline(
+        self: &Arc<Self>,
+        route: Arc<Route>,
+        req: Box<RequestState>,
+        started: Instant,
+        gone: tokio::sync::watch::Receiver<()>,
+    ) -> tokio::task::JoinHandle<http::Response<BoxBody>> {
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            pipeline::run_for_client(&route, &gateway.clusters, req, started, Some(gone), None)
+                .await
+        })
     }
 }
 

@@ -572,7 +572,11 @@ async fn destination(
             }
         },
         (None, Destination::Upstream(c)) => c.clone(),
-        (None, Destination::Handler(h)) => return call_handler(route, h, req, attempt).await,
+        // Boxed: a handler call's future would otherwise size every
+        // request's future, also on upstream routes (see `Gateway::handle`).
+        (None, Destination::Handler(h)) => {
+            return Box::pin(call_handler(route, h, req, attempt)).await
+        }
     };
     let key = target.and_then(|t| t.endpoint_key.as_deref());
     let Some(endpoint) = cluster.pick(key) else {

@@ -7,6 +7,7 @@ pub mod router;
 use crate::conn_timer::ConnTimer;
 use crate::gateway::Gateway;
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
@@ -80,8 +81,12 @@ pub async fn serve(
                     let generation = gateway.load_full();
                     // HTTP/2 serves each stream on a task of its own.
                     let timer = (req.version() < http::Version::HTTP_2).then(|| timer.clone());
-                    let fut = generation.handle(req, client_addr, client_ip.clone(), timer);
-                    async move { Ok::<_, Infallible>(fut.await) }
+                    // `map`, not an `async` block: a block awaiting `fut`
+                    // would be laid out twice its size (a moved-from local
+                    // keeps its slot), and hyper moves it per request.
+                    generation
+                        .handle(req, client_addr, client_ip.clone(), timer)
+                        .map(infallible)
                 });
                 let conn = conn_builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
@@ -102,4 +107,12 @@ pub async fn serve(
     {
         tracing::warn!("shutdown grace period elapsed with requests still in flight");
     }
+}
+
+/// A response as the `Result` hyper's services return (a named `fn`: hyper
+/// needs its type to be one, not generic over the response's lifetimes).
+fn infallible(
+    resp: http::Response<crate::pipeline::response::BoxBody>,
+) -> Result<http::Response<crate::pipeline::response::BoxBody>, Infallible> {
+    Ok(resp)
 }
