@@ -221,6 +221,23 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_dropped() {
     assert_eq!(echo.header("x-forwarded-proto"), Some("http"), "{echo:?}");
     assert_eq!(echo.header("host"), Some(gw.addr().to_string().as_str()));
 
+    // A request naming no host (HTTP/1.0) reaches the upstream with the
+    // endpoint's address as its `Host`, and in origin form: the pool's
+    // placeholder authority (`Endpoint::pool_authority`) never leaves.
+    let answer = raw_http(gw.addr(), b"GET /echo/nohost?q=1 HTTP/1.0\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    let body = &answer[answer.find("\r\n\r\n").expect("a head") + 4..];
+    let json: serde_json::Value = serde_json::from_str(body).expect("the echo");
+    assert_eq!(json["path"], "/echo/nohost?q=1", "{json}");
+    assert_eq!(
+        json["headers"]["host"],
+        ENV.get().echo.endpoint().as_str(),
+        "{json}"
+    );
+
     // HEAD is forwarded as HEAD and answered without a body.
     let resp = gw.request("HEAD", "/echo/head").send().await;
     assert_eq!(resp.status, 200, "{resp:?}");

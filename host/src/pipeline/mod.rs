@@ -591,7 +591,7 @@ async fn destination(
     };
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(endpoint.authority.clone());
+    uri.authority = Some(endpoint.pool_authority.clone());
     uri.path_and_query = Some(match req.uri.path_and_query() {
         Some(pq) => pq.clone(),
         None => http::uri::PathAndQuery::from_static("/"),
@@ -618,10 +618,11 @@ async fn destination(
         req.headers.clone()
     };
     if !headers.contains_key(http::header::HOST) {
-        if let Some(a) = req.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                headers.insert(http::header::HOST, v);
-            }
+        // The client's authority (HTTP/2, absolute-form), else the
+        // endpoint's, as hyper would have set from a real URI.
+        let a = req.uri.authority().unwrap_or(&endpoint.authority);
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            headers.insert(http::header::HOST, v);
         }
     }
     // One hash of the name for the look-up and the insert.
@@ -640,7 +641,7 @@ async fn destination(
     let timeout = req.attempt_timeout.unwrap_or(cluster.timeout);
     // Only `on-response` hooks read an attempt's latency: time it for them.
     let sent = route.has_response_hooks().then(Instant::now);
-    let result = cluster.send(out, timeout, timer).await;
+    let result = cluster.send(endpoint, out, timeout, timer).await;
     let latency_us = sent.map_or(0, |sent| sent.elapsed().as_micros() as u64);
     match result {
         Ok(resp) => {

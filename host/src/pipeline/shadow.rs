@@ -104,17 +104,22 @@ async fn shadow(
         .ok_or_else(|| "the cluster has no endpoints".to_string())?;
     let uri = http::Uri::builder()
         .scheme("http")
-        .authority(endpoint.authority.clone())
+        .authority(endpoint.pool_authority.clone())
         .path_and_query(pq)
         .build()
         .map_err(|e| e.to_string())?;
     headers.insert("x-ficus-shadow", http::HeaderValue::from_static("1"));
+    if !headers.contains_key(http::header::HOST) {
+        if let Ok(v) = http::HeaderValue::from_str(endpoint.authority.as_str()) {
+            headers.insert(http::header::HOST, v);
+        }
+    }
     let mut out = http::Request::new(Full::new(body));
     *out.method_mut() = method;
     *out.uri_mut() = uri;
     *out.headers_mut() = headers;
     let resp = cluster
-        .send(out, cluster.timeout, None)
+        .send(endpoint, out, cluster.timeout, None)
         .await
         .map_err(|f| format!("{}: {}", kind_name(f.kind), f.detail))?;
     let (parts, body) = resp.into_parts();
