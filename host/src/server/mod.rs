@@ -2,6 +2,7 @@
 //! one port, header limits, and graceful shutdown (stop accepting, let
 //! in-flight requests finish within the grace period).
 
+pub mod drain;
 pub mod router;
 
 use crate::conn_timer::ConnTimer;
@@ -54,7 +55,7 @@ pub async fn serve(
     if !options.http2 {
         builder = builder.http1_only();
     }
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let drain = drain::Drain::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -89,9 +90,19 @@ pub async fn serve(
                         .map(infallible)
                 });
                 let conn = conn_builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
+                let mut watch = drain.watch();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let mut conn = std::pin::pin!(conn);
+                    let ended = std::future::poll_fn(|cx| {
+                        if watch.should_stop(cx) {
+                            // Finish in-flight requests, then close.
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        conn.as_mut().poll(cx)
+                    })
+                    .await;
+                    drop(watch);
+                    if let Err(e) = ended {
                         tracing::debug!(client = %client_addr, "connection ended with error: {e}");
                     }
                 });
@@ -101,7 +112,7 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("shutting down: waiting for in-flight requests");
-    if tokio::time::timeout(options.shutdown_grace, graceful.shutdown())
+    if tokio::time::timeout(options.shutdown_grace, drain.drained())
         .await
         .is_err()
     {
