@@ -589,14 +589,11 @@ async fn destination(
             UpstreamError::NoEndpoint,
         );
     };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(endpoint.pool_authority.clone());
-    uri.path_and_query = Some(match req.uri.path_and_query() {
+    let pq = match req.uri.path_and_query() {
         Some(pq) => pq.clone(),
         None => http::uri::PathAndQuery::from_static("/"),
-    });
-    let uri = match http::Uri::from_parts(uri) {
+    };
+    let uri = match endpoint.uri(pq) {
         Ok(u) => u,
         Err(_) => {
             return upstream_failure(
@@ -620,10 +617,12 @@ async fn destination(
     if !headers.contains_key(http::header::HOST) {
         // The client's authority (HTTP/2, absolute-form), else the
         // endpoint's, as hyper would have set from a real URI.
-        let a = req.uri.authority().unwrap_or(&endpoint.authority);
-        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-            headers.insert(http::header::HOST, v);
-        }
+        let host = req
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .unwrap_or_else(|| endpoint.host.clone());
+        headers.insert(http::header::HOST, host);
     }
     // One hash of the name for the look-up and the insert.
     match headers.entry(X_FORWARDED_FOR) {

@@ -102,18 +102,12 @@ async fn shadow(
     let endpoint = cluster
         .pick(mirror.target.endpoint_key.as_deref())
         .ok_or_else(|| "the cluster has no endpoints".to_string())?;
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(endpoint.pool_authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let pq = http::uri::PathAndQuery::try_from(pq).map_err(|e| e.to_string())?;
+    let uri = endpoint.uri(pq).map_err(|e| e.to_string())?;
     headers.insert("x-ficus-shadow", http::HeaderValue::from_static("1"));
-    if !headers.contains_key(http::header::HOST) {
-        if let Ok(v) = http::HeaderValue::from_str(endpoint.authority.as_str()) {
-            headers.insert(http::header::HOST, v);
-        }
-    }
+    headers
+        .entry(http::header::HOST)
+        .or_insert_with(|| endpoint.host.clone());
     let mut out = http::Request::new(Full::new(body));
     *out.method_mut() = method;
     *out.uri_mut() = uri;

@@ -23,8 +23,7 @@ pub struct Drain {
 struct Inner {
     /// Set once, when shutdown begins.
     stopping: AtomicBool,
-    /// Live connections: the waker of each one's task (`None` until its
-    /// first poll), by slot.
+    /// Live connections, by slot.
     conns: Mutex<Conns>,
     /// Notified when the last connection is gone after shutdown began.
     drained: Notify,
@@ -32,9 +31,17 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Conns {
-    slots: Vec<Option<Option<Waker>>>,
+    /// The waker of each connection's task (`None` until its first poll,
+    /// after it was woken for shutdown, and for a free slot).
+    slots: Vec<Option<Waker>>,
+    /// Slots of connections that ended, for reuse.
     free: Vec<usize>,
-    live: usize,
+}
+
+impl Conns {
+    fn live(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
 }
 
 impl Drain {
@@ -46,17 +53,10 @@ impl Drain {
     /// Register a connection; drop the watch when the connection ends.
     pub fn watch(&self) -> ConnWatch {
         let mut conns = self.inner.lock();
-        let slot = match conns.free.pop() {
-            Some(i) => {
-                conns.slots[i] = Some(None);
-                i
-            }
-            None => {
-                conns.slots.push(Some(None));
-                conns.slots.len() - 1
-            }
-        };
-        conns.live += 1;
+        let slot = conns.free.pop().unwrap_or_else(|| {
+            conns.slots.push(None);
+            conns.slots.len() - 1
+        });
         ConnWatch {
             inner: self.inner.clone(),
             slot,
@@ -71,11 +71,7 @@ impl Drain {
         let wakers: Vec<Waker> = {
             let mut conns = self.inner.lock();
             self.inner.stopping.store(true, Ordering::Release);
-            conns
-                .slots
-                .iter_mut()
-                .filter_map(|s| s.as_mut().and_then(Option::take))
-                .collect()
+            conns.slots.iter_mut().filter_map(Option::take).collect()
         };
         for w in wakers {
             w.wake();
@@ -86,7 +82,7 @@ impl Drain {
             // Register before checking, so a last connection ending in
             // between is not missed.
             notified.as_mut().enable();
-            if self.inner.lock().live == 0 {
+            if self.inner.lock().live() == 0 {
                 return;
             }
             notified.await;
@@ -120,10 +116,7 @@ impl ConnWatch {
             return false;
         }
         if !self.registered {
-            let mut conns = self.inner.lock();
-            if let Some(Some(slot)) = conns.slots.get_mut(self.slot) {
-                *slot = Some(cx.waker().clone());
-            }
+            self.inner.lock().slots[self.slot] = Some(cx.waker().clone());
             self.registered = true;
         }
         if self.inner.stopping.load(Ordering::Acquire) {
@@ -138,8 +131,7 @@ impl Drop for ConnWatch {
         let mut conns = self.inner.lock();
         conns.slots[self.slot] = None;
         conns.free.push(self.slot);
-        conns.live -= 1;
-        if conns.live == 0 && self.inner.stopping.load(Ordering::Acquire) {
+        if conns.live() == 0 && self.inner.stopping.load(Ordering::Acquire) {
             self.inner.drained.notify_waiters();
         }
     }

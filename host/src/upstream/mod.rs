@@ -27,23 +27,36 @@ pub enum Balance {
 
 /// One endpoint of a cluster, with its own connection pool.
 ///
-/// Requests to it carry [`Endpoint::pool_authority`], a one-byte
-/// placeholder, as their URI authority, and its connector ignores the URI and
-/// dials `addr`. hyper-util's pool hashes a request's authority byte by byte
+/// Requests to it carry a one-byte placeholder as their URI authority
+/// ([`Endpoint::uri`]), and its connector ignores the URI and dials `addr`. hyper-util's pool hashes a request's authority byte by byte
 /// (SipHash) on every checkout and check-in: ~1k instructions per request
 /// for a `127.0.0.1:8080`, against ~0.2k for one byte. The placeholder never
 /// reaches the wire (HTTP/1 requests are sent in origin form, and the `Host`
-/// header is set by the pipeline, see [`Endpoint::authority`]).
+/// header is set by the caller, see [`Endpoint::host`]).
 #[derive(Debug)]
 pub struct Endpoint {
     /// `host:port` as configured.
     pub addr: Arc<str>,
-    /// The same, as a URI authority: the `Host` sent when the client's
-    /// request named none.
+    /// The same, as a URI authority.
     pub authority: http::uri::Authority,
-    /// The URI authority of requests to this endpoint's pool.
-    pub pool_authority: http::uri::Authority,
+    /// The same, as the `Host` to send when the client's request named none.
+    pub host: http::HeaderValue,
     client: Client<EndpointConnector, Full<Bytes>>,
+}
+
+impl Endpoint {
+    /// The URI of a request to this endpoint: its pool's placeholder
+    /// authority and `path_and_query`.
+    pub fn uri(
+        &self,
+        path_and_query: http::uri::PathAndQuery,
+    ) -> Result<http::Uri, http::uri::InvalidUriParts> {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(http::uri::Authority::from_static("u"));
+        uri.path_and_query = Some(path_and_query);
+        http::Uri::from_parts(uri)
+    }
 }
 
 /// An [`HttpConnector`] that dials one endpoint whatever the request URI.
@@ -142,6 +155,8 @@ impl Cluster {
                     .path_and_query("/")
                     .build()
                     .map_err(|err| format!("invalid endpoint {e:?}: {err}"))?;
+                let host = http::HeaderValue::from_str(authority.as_str())
+                    .map_err(|err| format!("invalid endpoint {e:?}: {err}"))?;
                 let client = Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(90))
                     .pool_max_idle_per_host(256)
@@ -154,7 +169,7 @@ impl Cluster {
                 Ok(Endpoint {
                     addr: Arc::from(e.as_str()),
                     authority,
-                    pool_authority: http::uri::Authority::from_static("u"),
+                    host,
                     client,
                 })
             })
@@ -206,9 +221,8 @@ impl Cluster {
         self.endpoints.get(i)
     }
 
-    /// Send one attempt to `endpoint` (one of this cluster's: its URI
-    /// authority must be the endpoint's [`Endpoint::pool_authority`], and its
-    /// `Host` header set), waiting at most `timeout` for the response head:
+    /// Send one attempt to `endpoint` (one of this cluster's: its URI from
+    /// [`Endpoint::uri`], and its `Host` header set), waiting at most `timeout` for the response head:
     /// on the client connection's timer when the caller runs on that
     /// connection's task (see [`ConnTimer`]), else on a tokio sleep.
     pub async fn send(
