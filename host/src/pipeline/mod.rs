@@ -593,19 +593,7 @@ async fn destination(
         Some(pq) => pq.clone(),
         None => http::uri::PathAndQuery::from_static("/"),
     };
-    let uri = match endpoint.uri(pq) {
-        Ok(u) => u,
-        Err(_) => {
-            return upstream_failure(
-                route,
-                attempt,
-                Some(cluster.name.clone()),
-                Some(endpoint.addr.clone()),
-                0,
-                UpstreamError::Protocol,
-            )
-        }
-    };
+    let uri = endpoint.uri(pq);
     let mut out = http::Request::new(Full::new(req.body.clone()));
     *out.method_mut() = req.method.clone();
     *out.uri_mut() = uri;

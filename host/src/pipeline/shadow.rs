@@ -103,7 +103,7 @@ async fn shadow(
         .pick(mirror.target.endpoint_key.as_deref())
         .ok_or_else(|| "the cluster has no endpoints".to_string())?;
     let pq = http::uri::PathAndQuery::try_from(pq).map_err(|e| e.to_string())?;
-    let uri = endpoint.uri(pq).map_err(|e| e.to_string())?;
+    let uri = endpoint.uri(pq);
     headers.insert("x-ficus-shadow", http::HeaderValue::from_static("1"));
     headers
         .entry(http::header::HOST)

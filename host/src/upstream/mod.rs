@@ -6,15 +6,15 @@
 use crate::conn_timer::ConnTimer;
 use crate::plugin::bindings::UpstreamError;
 use bytes::Bytes;
+use client::{ClientError, EndpointClient};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+pub mod client;
 
 /// How endpoints are chosen when no endpoint key is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,14 +25,8 @@ pub enum Balance {
     Random,
 }
 
-/// One endpoint of a cluster, with its own connection pool.
-///
-/// Requests to it carry a one-byte placeholder as their URI authority
-/// ([`Endpoint::uri`]), and its connector ignores the URI and dials `addr`. hyper-util's pool hashes a request's authority byte by byte
-/// (SipHash) on every checkout and check-in: ~1k instructions per request
-/// for a `127.0.0.1:8080`, against ~0.2k for one byte. The placeholder never
-/// reaches the wire (HTTP/1 requests are sent in origin form, and the `Host`
-/// header is set by the caller, see [`Endpoint::host`]).
+/// One endpoint of a cluster, with its own connection pool
+/// ([`EndpointClient`]).
 #[derive(Debug)]
 pub struct Endpoint {
     /// `host:port` as configured.
@@ -41,45 +35,14 @@ pub struct Endpoint {
     pub authority: http::uri::Authority,
     /// The same, as the `Host` to send when the client's request named none.
     pub host: http::HeaderValue,
-    client: Client<EndpointConnector, Full<Bytes>>,
+    client: EndpointClient,
 }
 
 impl Endpoint {
-    /// The URI of a request to this endpoint: its pool's placeholder
-    /// authority and `path_and_query`.
-    pub fn uri(
-        &self,
-        path_and_query: http::uri::PathAndQuery,
-    ) -> Result<http::Uri, http::uri::InvalidUriParts> {
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(http::uri::Authority::from_static("u"));
-        uri.path_and_query = Some(path_and_query);
-        http::Uri::from_parts(uri)
-    }
-}
-
-/// An [`HttpConnector`] that dials one endpoint whatever the request URI.
-#[derive(Debug, Clone)]
-struct EndpointConnector {
-    inner: HttpConnector,
-    target: http::Uri,
-}
-
-impl tower_service::Service<http::Uri> for EndpointConnector {
-    type Response = <HttpConnector as tower_service::Service<http::Uri>>::Response;
-    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
-    type Future = <HttpConnector as tower_service::Service<http::Uri>>::Future;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        self.inner.call(self.target.clone())
+    /// The URI of a request to this endpoint: `path_and_query` in origin
+    /// form (the connection is the endpoint's already).
+    pub fn uri(&self, path_and_query: http::uri::PathAndQuery) -> http::Uri {
+        http::Uri::from(path_and_query)
     }
 }
 
@@ -140,34 +103,17 @@ impl Cluster {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
         let endpoints = endpoints
             .iter()
             .map(|e| {
                 let authority = http::uri::Authority::try_from(e.as_str())
                     .map_err(|err| format!("invalid endpoint {e:?}: {err}"))?;
-                let target = http::Uri::builder()
-                    .scheme("http")
-                    .authority(authority.clone())
-                    .path_and_query("/")
-                    .build()
-                    .map_err(|err| format!("invalid endpoint {e:?}: {err}"))?;
                 let host = http::HeaderValue::from_str(authority.as_str())
                     .map_err(|err| format!("invalid endpoint {e:?}: {err}"))?;
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(256)
-                    // The URI's authority is the placeholder: never send it.
-                    .set_host(false)
-                    .build(EndpointConnector {
-                        inner: connector.clone(),
-                        target,
-                    });
+                let addr: Arc<str> = Arc::from(e.as_str());
+                let client = EndpointClient::new(addr.clone(), connect_timeout);
                 Ok(Endpoint {
-                    addr: Arc::from(e.as_str()),
+                    addr,
                     authority,
                     host,
                     client,
@@ -232,7 +178,7 @@ impl Cluster {
         timeout: Duration,
         timer: Option<&ConnTimer>,
     ) -> Result<http::Response<Incoming>, Failure> {
-        let response = endpoint.client.request(req);
+        let response = endpoint.client.send(req);
         let result = match timer {
             Some(timer) => timer.timeout(timeout, response).await,
             None => tokio::time::timeout(timeout, response).await.ok(),
@@ -249,28 +195,20 @@ impl Cluster {
 }
 
 /// Classify a client error.
-fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
-    let detail = error_chain(e);
-    let kind = if e.is_connect() {
-        let timed_out = source_chain(e).any(|s| {
-            s.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        }) || detail.contains("timed out")
-            || detail.contains("timeout");
-        if timed_out {
-            UpstreamError::ConnectTimeout
-        } else {
-            UpstreamError::ConnectFailed
-        }
-    } else if source_chain(e).any(|s| {
-        s.downcast_ref::<hyper::Error>()
-            .is_some_and(|h| h.is_parse())
-    }) {
+fn classify(e: &ClientError) -> Failure {
+    let kind = if e.is_connect_timeout() {
+        UpstreamError::ConnectTimeout
+    } else if e.is_connect() {
+        UpstreamError::ConnectFailed
+    } else if e.is_protocol() {
         UpstreamError::Protocol
     } else {
         UpstreamError::Reset
     };
-    Failure { kind, detail }
+    Failure {
+        kind,
+        detail: error_chain(e),
+    }
 }
 
 fn source_chain<'a>(
