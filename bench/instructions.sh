@@ -11,6 +11,9 @@
 #
 #   target     what runs (under valgrind; the upstream runs natively)
 #   bare       host/examples/bare_proxy.rs (the load test's baseline)
+#   bare-lean  the same with Ficus's own upstream client (`--endpoint-client`,
+#              not in the default TARGETS): Ficus's overhead without the
+#              difference between the two clients
 #   ficus-0    ficus run, one route to the upstream, no plugins
 #   ficus-1    the same route with the `headers` plugin setting one request
 #              header (warm instances)
@@ -132,11 +135,12 @@ for target in "${TARGETS[@]}"; do
     valgrind=(valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes "--callgrind-out-file=$out")
     case $target in
         bare) cmd=("$BIN/examples/bare_proxy" "$UPSTREAM" 127.0.0.1:0) ;;
+        bare-lean) cmd=("$BIN/examples/bare_proxy" --endpoint-client "$UPSTREAM" 127.0.0.1:0) ;;
         ficus-0 | ficus-1 | ficus-1-sync)
             write_config "$TMP/$target.toml" "${target#ficus-}"
             cmd=("$BIN/ficus" run --config "$TMP/$target.toml")
             ;;
-        *) echo "error: unknown target $target (bare, ficus-0, ficus-1, ficus-1-sync)" >&2; exit 2 ;;
+        *) echo "error: unknown target $target (bare, bare-lean, ficus-0, ficus-1, ficus-1-sync)" >&2; exit 2 ;;
     esac
     echo "== $target: starting under callgrind" >&2
     start "$target" 180 "${valgrind[@]}" "${cmd[@]}"

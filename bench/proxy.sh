@@ -8,6 +8,8 @@
 #
 #   direct     wrk -> bench_upstream                      (reference)
 #   bare       wrk -> bare_proxy -> bench_upstream        (the baseline)
+#   bare-lean  bare_proxy --endpoint-client: the baseline with Ficus's own
+#              upstream client (not in the default TARGETS)
 #   ficus-0    wrk -> ficus, route with 0 plugins -> bench_upstream
 #   ficus-1    wrk -> ficus, route with 1 plugin (`headers` sets one
 #              request header) -> bench_upstream
@@ -250,6 +252,11 @@ start_target() {
             ;;
         bare)
             start bare 'listening on http://[0-9.:]+' "${PROXY_PIN[@]}" "$BIN/examples/bare_proxy" "$UPSTREAM" 127.0.0.1:0
+            TARGET_ADDR=$STARTED_ADDR
+            TARGET_PID=$STARTED_PID
+            ;;
+        bare-lean)
+            start bare-lean 'listening on http://[0-9.:]+' "${PROXY_PIN[@]}" "$BIN/examples/bare_proxy" --endpoint-client "$UPSTREAM" 127.0.0.1:0
             TARGET_ADDR=$STARTED_ADDR
             TARGET_PID=$STARTED_PID
             ;;

@@ -6,15 +6,20 @@
 //! response back. No routing, plugins, header rewriting or metrics.
 //!
 //! ```text
-//! cargo run --release -p ficus --example bare_proxy -- UPSTREAM_ADDR [LISTEN_ADDR]
+//! cargo run --release -p ficus --example bare_proxy -- [--endpoint-client] UPSTREAM_ADDR [LISTEN_ADDR]
 //! ```
 //!
 //! `UPSTREAM_ADDR` is `host:port`; `LISTEN_ADDR` defaults to `127.0.0.1:0`.
+//! With `--endpoint-client` (target `bare-lean` of the benches) it forwards
+//! through Ficus's own per-endpoint client (`ficus::upstream::client`)
+//! instead, buffering the request body as Ficus does: the same proxy with
+//! Ficus's upstream client, to tell Ficus's overhead apart from the client's.
 //! Prints `listening on http://ADDR` on stdout once it accepts connections,
 //! and runs until killed. Like `ficus`, it runs a tokio multi-thread runtime
 //! with one worker per CPU the process may run on.
 
 use bytes::Bytes;
+use ficus::upstream::client::EndpointClient;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -39,11 +44,38 @@ fn bad_gateway() -> http::Response<Body> {
     resp
 }
 
+/// Forward `req` through Ficus's per-endpoint client.
+async fn forward_lean(
+    client: &EndpointClient,
+    host: &http::HeaderValue,
+    req: http::Request<Incoming>,
+) -> http::Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let Ok(body) = body.collect().await else {
+        return bad_gateway();
+    };
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+    parts
+        .headers
+        .entry(http::header::HOST)
+        .or_insert_with(|| host.clone());
+    let out = http::Request::from_parts(parts, Full::new(body.to_bytes()));
+    match client.send(out).await {
+        Ok(resp) => resp.map(|body| body.boxed_unsync()),
+        Err(_) => bad_gateway(),
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    let lean = args.next_if(|a| a == "--endpoint-client").is_some();
     let upstream: http::uri::Authority = args
         .next()
-        .ok_or("usage: bare_proxy UPSTREAM_ADDR [LISTEN_ADDR]")?
+        .ok_or("usage: bare_proxy [--endpoint-client] UPSTREAM_ADDR [LISTEN_ADDR]")?
         .parse()?;
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:0".to_owned());
     let runtime = tokio::runtime::Runtime::new()?;
@@ -55,6 +87,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(connector);
+        let lean = lean.then(|| {
+            let host = http::HeaderValue::from_str(upstream.as_str()).expect("an authority");
+            let client = EndpointClient::new(upstream.as_str().into(), Duration::from_secs(1));
+            (client, host)
+        });
         let server = auto::Builder::new(TokioExecutor::new());
 
         let listener = TcpListener::bind(&listen).await?;
@@ -70,11 +107,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let _ = stream.set_nodelay(true);
             let (client, upstream, server) = (client.clone(), upstream.clone(), server.clone());
+            let lean = lean.clone();
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
                         let (client, upstream) = (client.clone(), upstream.clone());
+                        let lean = lean.clone();
                         async move {
+                            if let Some((client, host)) = &lean {
+                                return Ok(forward_lean(client, host, req).await);
+                            }
                             let path = req
                                 .uri()
                                 .path_and_query()
