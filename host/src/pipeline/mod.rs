@@ -329,9 +329,9 @@ pub async fn run_for_client(
             canary: step.canary.as_ref().is_some_and(|c| c.pick()),
             spent: Duration::ZERO,
             failed: false,
+            ran: false,
         });
     }
-    let mut ran: Vec<usize> = Vec::with_capacity(n);
     let mut target = None;
     let mut local: Option<Produced> = None;
 
@@ -339,7 +339,7 @@ pub async fn run_for_client(
         let slot = &mut slots[i];
         let pool = step.pool_for(slot);
         if !pool.wants_request() {
-            ran.push(i);
+            slot.ran = true;
             continue;
         }
         let call = slot.canary.then(Instant::now);
@@ -347,10 +347,10 @@ pub async fn run_for_client(
         slot.count_time(call);
         req = back;
         match result {
-            Ok(RequestAction::Continue) => ran.push(i),
+            Ok(RequestAction::Continue) => slot.ran = true,
             Ok(RequestAction::Route(t)) => {
                 target = Some(t);
-                ran.push(i);
+                slot.ran = true;
             }
             Ok(RequestAction::Respond(spec)) => {
                 slot.failed |= spec.status >= 500;
@@ -377,9 +377,11 @@ pub async fn run_for_client(
     // reads the request's headers after the attempt: move them to the
     // upstream instead of copying them.
     let last_use = req.mirror.is_none()
-        && ran
+        && route
+            .steps
             .iter()
-            .all(|&i| !route.steps[i].pool_for(&slots[i]).wants_response());
+            .zip(&slots)
+            .all(|(step, slot)| !slot.ran || !step.pool_for(slot).wants_response());
     let mut attempt = 1u32;
     loop {
         let mut produced = match local.take() {
@@ -390,11 +392,9 @@ pub async fn run_for_client(
             },
         };
         let mut retry = None;
-        for &i in ran.iter().rev() {
-            let step = &route.steps[i];
-            let slot = &mut slots[i];
+        for (step, slot) in route.steps.iter().zip(&mut slots).rev() {
             let pool = step.pool_for(slot);
-            if !pool.wants_response() {
+            if !slot.ran || !pool.wants_response() {
                 continue;
             }
             let call = slot.canary.then(Instant::now);
@@ -495,6 +495,9 @@ struct Slot {
     spent: Duration,
     /// Whether the step failed or produced a 5xx.
     failed: bool,
+    /// Whether its `on-request` ran (or it has none): only then does its
+    /// `on-response` run.
+    ran: bool,
 }
 
 impl Slot {

@@ -382,17 +382,20 @@ fn header_list(h: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
         .collect()
 }
+/// Set or append a header for a plugin. The value lifted from the guest
+/// becomes the header value's storage (no second copy).
 fn header_edit(
     h: &mut HeaderMap,
     name: &str,
-    value: &[u8],
+    value: Vec<u8>,
     append: bool,
 ) -> Result<(), HeaderError> {
     let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeaderError::InvalidName)?;
     if !plugin_may_edit(&n) {
         return Err(HeaderError::Forbidden);
     }
-    let v = HeaderValue::from_bytes(value).map_err(|_| HeaderError::InvalidValue)?;
+    let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+        .map_err(|_| HeaderError::InvalidValue)?;
     if append {
         h.append(n, v);
     } else {
@@ -469,7 +472,7 @@ impl types::HostRequest for PluginCtx {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), HeaderError>> {
-        Ok(header_edit(&mut self.req()?.headers, &name, &value, false))
+        Ok(header_edit(&mut self.req()?.headers, &name, value, false))
     }
     fn append_header(
         &mut self,
@@ -477,7 +480,7 @@ impl types::HostRequest for PluginCtx {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), HeaderError>> {
-        Ok(header_edit(&mut self.req()?.headers, &name, &value, true))
+        Ok(header_edit(&mut self.req()?.headers, &name, value, true))
     }
     fn remove_header(
         &mut self,
@@ -608,7 +611,7 @@ impl types::HostResponse for PluginCtx {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), HeaderError>> {
-        Ok(header_edit(&mut self.resp()?.headers, &name, &value, false))
+        Ok(header_edit(&mut self.resp()?.headers, &name, value, false))
     }
     fn append_header(
         &mut self,
@@ -616,7 +619,7 @@ impl types::HostResponse for PluginCtx {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), HeaderError>> {
-        Ok(header_edit(&mut self.resp()?.headers, &name, &value, true))
+        Ok(header_edit(&mut self.resp()?.headers, &name, value, true))
     }
     fn remove_header(
         &mut self,

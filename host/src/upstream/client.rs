@@ -163,7 +163,10 @@ impl EndpointClient {
         loop {
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: dialling is rare, and its future (resolver,
+                // connect, handshake) would otherwise size, and be moved
+                // with, every request's future.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
