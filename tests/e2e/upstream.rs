@@ -1,5 +1,5 @@
-//! Upstream clusters: connection failures (502), per-attempt timeouts (504), round robin,
-//! forwarding headers, hop-by-hop headers, request bodies and the request body limit (413).
+//! Upstream clusters: connection failures (502), per-attempt timeouts (504), keep-alive
+//! connections, round robin, forwarding headers, hop-by-hop headers, request bodies and the request body limit (413).
 
 use crate::support::{
     dead_endpoint, metric, raw_http, unique, BrokenUpstream, Cfg, Gateway, Shared, Upstream,
@@ -11,8 +11,9 @@ struct Env {
     dead: String,
     slow: Upstream,
     echo: Upstream,
+    keep: Upstream,
     _rr: [Upstream; 2],
-    _broken: [BrokenUpstream; 2],
+    _broken: [BrokenUpstream; 3],
 }
 
 /// `server.max_request_body_bytes` of this module's gateway.
@@ -56,6 +57,16 @@ upstream = "hangup"
 name = "garbage"
 match = { path_prefix = "/garbage" }
 upstream = "garbage"
+
+[[routes]]
+name = "keep"
+match = { path_prefix = "/keep" }
+upstream = "keep"
+
+[[routes]]
+name = "once"
+match = { path_prefix = "/once" }
+upstream = "once"
 "#;
 
 static ENV: Shared<Env> = Shared::new(|| {
@@ -65,6 +76,9 @@ static ENV: Shared<Env> = Shared::new(|| {
     let rr = [Upstream::start("rr1"), Upstream::start("rr2")];
     let hangup = BrokenUpstream::start(b"");
     let garbage = BrokenUpstream::start(b"SPEAKING NO HTTP\r\n\r\n");
+    let keep = Upstream::start("keep");
+    // Answers one request per connection, without saying it closes.
+    let once = BrokenUpstream::start(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce");
     let cfg = Cfg::new()
         .server(&format!("max_request_body_bytes = {BODY_LIMIT}"))
         .upstream(
@@ -81,14 +95,17 @@ static ENV: Shared<Env> = Shared::new(|| {
         .upstream("echo", &[echo.endpoint()], "")
         .upstream("hangup", &[hangup.endpoint()], "")
         .upstream("garbage", &[garbage.endpoint()], "")
+        .upstream("keep", &[keep.endpoint()], "")
+        .upstream("once", &[once.endpoint()], "")
         .toml(ROUTES);
     Env {
         gw: Gateway::start(&cfg),
         dead,
         slow,
         echo,
+        keep,
         _rr: rr,
-        _broken: [hangup, garbage],
+        _broken: [hangup, garbage, once],
     }
 });
 
@@ -188,6 +205,27 @@ async fn a_client_that_goes_away_is_counted_as_499() {
     }
     let resp = gw.get("/leaving").header("x-delay-ms", "10").send().await;
     assert_eq!(resp.status, 200, "{resp:?}");
+}
+
+/// Upstream connections are kept alive: sequential requests share one. An
+/// upstream that closes each connection after its answer, without a
+/// `connection: close`, costs a new connection per request, never a failed
+/// request.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_closed_ones_replaced() {
+    let env = ENV.get();
+    let gw = &env.gw;
+    let _watch = gw.watch();
+    for i in 0..5 {
+        let resp = gw.get("/keep").send().await;
+        assert_eq!(resp.status, 200, "request {i}: {resp:?}");
+    }
+    assert_eq!(env.keep.connections(), 1, "one kept-alive connection");
+    for i in 0..5 {
+        let resp = gw.get("/once").send().await;
+        assert_eq!(resp.status, 200, "request {i}: {resp:?}");
+        assert_eq!(resp.text(), "once");
+    }
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::runtime::Runtime;
@@ -41,6 +42,8 @@ pub(crate) struct Upstream {
     addr: SocketAddr,
     /// The `x-test-id` of every request received, in arrival order.
     seen: Arc<Mutex<Vec<Option<String>>>>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -53,6 +56,8 @@ impl Upstream {
             .expect("non-blocking listener");
         let addr = listener.local_addr().expect("upstream address");
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let state = Arc::new(State {
             name: name.to_owned(),
             seen: seen.clone(),
@@ -64,6 +69,7 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
@@ -80,6 +86,7 @@ impl Upstream {
             name: name.to_owned(),
             addr,
             seen,
+            connections,
             task,
         }
     }
@@ -91,6 +98,11 @@ impl Upstream {
     /// `127.0.0.1:PORT`, as written in a config's `endpoints`.
     pub(crate) fn endpoint(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// How many connections this server accepted.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// How many requests carrying `x-test-id: id` this server received.
