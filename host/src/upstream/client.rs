@@ -389,6 +389,54 @@ mod tests {
         assert_eq!(client.idle_count(), opened);
     }
 
+    /// A response whose body is still on the wire when its head arrives:
+    /// the connection goes back to the pool once the body is read, and the
+    /// next request reuses it.
+    #[tokio::test]
+    async fn a_connection_returns_to_the_pool_after_a_slow_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    // One request head per read is enough for this client.
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let head =
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n";
+                        if stream.write_all(head).await.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if stream.write_all(b"0\r\n\r\n").await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let client = EndpointClient::new(addr.into(), Duration::from_secs(1));
+        let resp = client.send(request("/")).await.unwrap();
+        assert_eq!(client.idle_count(), 0, "busy while its body streams");
+        assert_eq!(body(resp).await, "ok");
+        for _ in 0..100 {
+            if client.idle_count() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(client.idle_count(), 1, "back once the body was read");
+        let resp = client.send(request("/")).await.unwrap();
+        assert_eq!(body(resp).await, "ok");
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
     /// An upstream that answers one request per connection, says nothing
     /// about closing, and closes: the pooled connection is seen closed, or
     /// refuses the next request unsent, and the request goes out on a new one.
