@@ -1,8 +1,9 @@
-//! Upstream clusters: connection failures (502), per-attempt timeouts (504), keep-alive
+//! Upstream clusters: connection failures (502), connect timeouts and per-attempt timeouts (504), keep-alive
 //! connections, round robin, forwarding headers, hop-by-hop headers, request bodies and the request body limit (413).
 
 use crate::support::{
-    dead_endpoint, metric, raw_http, unique, BrokenUpstream, Cfg, Gateway, Shared, Upstream,
+    dead_endpoint, hanging_endpoint, metric, raw_http, unique, BrokenUpstream, Cfg, Gateway,
+    Shared, Upstream,
 };
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ struct Env {
     slow: Upstream,
     echo: Upstream,
     keep: Upstream,
+    _hanging: (Vec<std::net::TcpStream>, socket2::Socket),
     _rr: [Upstream; 2],
     _broken: [BrokenUpstream; 3],
 }
@@ -59,6 +61,11 @@ match = { path_prefix = "/garbage" }
 upstream = "garbage"
 
 [[routes]]
+name = "hanging"
+match = { path_prefix = "/hanging" }
+upstream = "hanging"
+
+[[routes]]
 name = "keep"
 match = { path_prefix = "/keep" }
 upstream = "keep"
@@ -77,6 +84,7 @@ static ENV: Shared<Env> = Shared::new(|| {
     let hangup = BrokenUpstream::start(b"");
     let garbage = BrokenUpstream::start(b"SPEAKING NO HTTP\r\n\r\n");
     let keep = Upstream::start("keep");
+    let (hanging, fillers, backlog) = hanging_endpoint();
     // Answers one request per connection, without saying it closes.
     let once = BrokenUpstream::start(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce");
     let cfg = Cfg::new()
@@ -96,6 +104,7 @@ static ENV: Shared<Env> = Shared::new(|| {
         .upstream("hangup", &[hangup.endpoint()], "")
         .upstream("garbage", &[garbage.endpoint()], "")
         .upstream("keep", &[keep.endpoint()], "")
+        .upstream("hanging", &[hanging], "connect_timeout_ms = 300")
         .upstream("once", &[once.endpoint()], "")
         .toml(ROUTES);
     Env {
@@ -104,6 +113,7 @@ static ENV: Shared<Env> = Shared::new(|| {
         slow,
         echo,
         keep,
+        _hanging: (fillers, backlog),
         _rr: rr,
         _broken: [hangup, garbage, once],
     }
@@ -126,6 +136,20 @@ async fn refused_connection_is_502_without_internals() {
         e.contains("upstream attempt failed") && e.contains(&env.dead) && e.contains("dead")
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_connect_that_hangs_is_504_at_the_connect_timeout() {
+    let gw = &ENV.get().gw;
+    let _watch = gw.watch();
+    let sent = Instant::now();
+    let resp = gw.get("/hanging").send().await;
+    resp.assert_gateway_error(504, "upstream_connect_timeout");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(300),
+        "not before the connect timeout: {:?}",
+        sent.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -511,6 +511,40 @@ mod tests {
         );
     }
 
+    /// A listener whose accept queue is full drops further SYNs, so a
+    /// connect to it hangs: the connect timeout ends it.
+    #[tokio::test]
+    async fn a_connect_that_hangs_is_a_connect_timeout() {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        // Fill the accept queue (never accepted); the last ones may hang.
+        let _fillers: Vec<_> = (0..3)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
+            })
+            .collect();
+        let client = EndpointClient::new(addr.to_string().into(), Duration::from_millis(300));
+        let err = tokio::time::timeout(Duration::from_secs(5), client.send(request("/")))
+            .await
+            .expect("the connect timeout ends the attempt")
+            .unwrap_err();
+        assert!(err.is_connect_timeout(), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("tcp connect to {addr} timed out after 300 ms")
+        );
+    }
+
     #[tokio::test]
     async fn an_unresolvable_name_is_a_connect_error() {
         let client = EndpointClient::new("no-such-host.invalid:80".into(), Duration::from_secs(2));
