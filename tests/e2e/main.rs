@@ -7,6 +7,10 @@
 
 mod support;
 
+/// A loopback endpoint where connects hang (the host's test harness, shared by path).
+#[path = "../../host/src/testing/hanging.rs"]
+mod hanging;
+
 /// Real nats-server processes (the host's test harness, shared by path).
 #[path = "../../host/src/testing/nats_server.rs"]
 mod nats_server;

@@ -1,9 +1,9 @@
 //! Upstream clusters: connection failures (502), connect timeouts and per-attempt timeouts (504), keep-alive
 //! connections, round robin, forwarding headers, hop-by-hop headers, request bodies and the request body limit (413).
 
+use crate::hanging::HangingEndpoint;
 use crate::support::{
-    dead_endpoint, hanging_endpoint, metric, raw_http, unique, BrokenUpstream, Cfg, Gateway,
-    Shared, Upstream,
+    dead_endpoint, metric, raw_http, unique, BrokenUpstream, Cfg, Gateway, Shared, Upstream,
 };
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ struct Env {
     slow: Upstream,
     echo: Upstream,
     keep: Upstream,
-    _hanging: (Vec<std::net::TcpStream>, socket2::Socket),
+    _hanging: HangingEndpoint,
     _rr: [Upstream; 2],
     _broken: [BrokenUpstream; 3],
 }
@@ -84,7 +84,7 @@ static ENV: Shared<Env> = Shared::new(|| {
     let hangup = BrokenUpstream::start(b"");
     let garbage = BrokenUpstream::start(b"SPEAKING NO HTTP\r\n\r\n");
     let keep = Upstream::start("keep");
-    let (hanging, fillers, backlog) = hanging_endpoint();
+    let hanging = HangingEndpoint::start();
     // Answers one request per connection, without saying it closes.
     let once = BrokenUpstream::start(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce");
     let cfg = Cfg::new()
@@ -104,7 +104,11 @@ static ENV: Shared<Env> = Shared::new(|| {
         .upstream("hangup", &[hangup.endpoint()], "")
         .upstream("garbage", &[garbage.endpoint()], "")
         .upstream("keep", &[keep.endpoint()], "")
-        .upstream("hanging", &[hanging], "connect_timeout_ms = 300")
+        .upstream(
+            "hanging",
+            &[hanging.addr().to_string()],
+            "connect_timeout_ms = 300",
+        )
         .upstream("once", &[once.endpoint()], "")
         .toml(ROUTES);
     Env {
@@ -113,7 +117,7 @@ static ENV: Shared<Env> = Shared::new(|| {
         slow,
         echo,
         keep,
-        _hanging: (fillers, backlog),
+        _hanging: hanging,
         _rr: rr,
         _broken: [hangup, garbage, once],
     }

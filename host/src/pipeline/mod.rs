@@ -592,11 +592,12 @@ async fn destination(
             UpstreamError::NoEndpoint,
         );
     };
-    let pq = match req.uri.path_and_query() {
-        Some(pq) => pq.clone(),
-        None => http::uri::PathAndQuery::from_static("/"),
+    // Origin form: the endpoint's client sends it on the endpoint's own
+    // connection.
+    let uri = match req.uri.path_and_query() {
+        Some(pq) => http::Uri::from(pq.clone()),
+        None => http::Uri::from_static("/"),
     };
-    let uri = endpoint.uri(pq);
     let mut out = http::Request::new(Full::new(req.body.clone()));
     *out.method_mut() = req.method.clone();
     *out.uri_mut() = uri;

@@ -102,8 +102,10 @@ async fn shadow(
     let endpoint = cluster
         .pick(mirror.target.endpoint_key.as_deref())
         .ok_or_else(|| "the cluster has no endpoints".to_string())?;
-    let pq = http::uri::PathAndQuery::try_from(pq).map_err(|e| e.to_string())?;
-    let uri = endpoint.uri(pq);
+    // Origin form, as for the primary attempt.
+    let uri = http::uri::PathAndQuery::try_from(pq)
+        .map(http::Uri::from)
+        .map_err(|e| e.to_string())?;
     headers.insert("x-ficus-shadow", http::HeaderValue::from_static("1"));
     headers
         .entry(http::header::HOST)

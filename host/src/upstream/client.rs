@@ -317,7 +317,7 @@ mod tests {
     use http_body_util::BodyExt;
     use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     fn request(path: &str) -> http::Request<Full<Bytes>> {
         http::Request::builder()
@@ -327,8 +327,13 @@ mod tests {
             .unwrap()
     }
 
-    /// A hyper server counting its connections; every answer is `ok`.
-    async fn server() -> (String, Arc<AtomicUsize>) {
+    /// A loopback server running `serve` on each connection, on a task of
+    /// its own; its address and the count of connections accepted.
+    async fn counting_server<F, Fut>(serve: F) -> (String, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let conns = Arc::new(AtomicUsize::new(0));
@@ -336,17 +341,51 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                tokio::spawn(serve(stream));
+            }
+        });
+        (addr, conns)
+    }
+
+    /// A hyper server counting its connections; every answer is `ok`.
+    async fn server() -> (String, Arc<AtomicUsize>) {
+        counting_server(|stream| async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(
                     TokioIo::new(stream),
                     hyper::service::service_fn(|_req| async {
                         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
                             Bytes::from_static(b"ok"),
                         )))
                     }),
-                ));
+                )
+                .await;
+        })
+        .await
+    }
+
+    /// Read one request head from `stream` (false: it closed first).
+    async fn read_head(stream: &mut TcpStream) -> bool {
+        let mut buf = [0; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
             }
-        });
-        (addr, conns)
+        }
+        true
+    }
+
+    /// Wait (at most 0.5 s) until `n` connections are idle in the pool: a
+    /// connection whose body was just read may still be on its way back.
+    async fn wait_for_idle(client: &EndpointClient, n: usize) {
+        for _ in 0..100 {
+            if client.idle_count() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     async fn body(resp: http::Response<Incoming>) -> Bytes {
@@ -378,14 +417,8 @@ mod tests {
         }
         let opened = conns.load(Ordering::SeqCst);
         assert!((1..=4).contains(&opened), "{opened}");
-        // Bodies read: every connection is idle again (or still on its way
-        // back from a task waiting for it to be ready).
-        for _ in 0..100 {
-            if client.idle_count() == opened {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // Bodies read: every connection is idle again.
+        wait_for_idle(&client, opened).await;
         assert_eq!(client.idle_count(), opened);
     }
 
@@ -394,43 +427,24 @@ mod tests {
     /// next request reuses it.
     #[tokio::test]
     async fn a_connection_returns_to_the_pool_after_a_slow_body() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let counted = conns.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0; 4096];
-                    // One request head per read is enough for this client.
-                    while let Ok(n) = stream.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        let head =
-                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n";
-                        if stream.write_all(head).await.is_err() {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        if stream.write_all(b"0\r\n\r\n").await.is_err() {
-                            break;
-                        }
-                    }
-                });
+        let (addr, conns) = counting_server(|mut stream| async move {
+            while read_head(&mut stream).await {
+                let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n";
+                if stream.write_all(head).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if stream.write_all(b"0\r\n\r\n").await.is_err() {
+                    break;
+                }
             }
-        });
+        })
+        .await;
         let client = EndpointClient::new(addr.into(), Duration::from_secs(1));
         let resp = client.send(request("/")).await.unwrap();
         assert_eq!(client.idle_count(), 0, "busy while its body streams");
         assert_eq!(body(resp).await, "ok");
-        for _ in 0..100 {
-            if client.idle_count() == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_idle(&client, 1).await;
         assert_eq!(client.idle_count(), 1, "back once the body was read");
         let resp = client.send(request("/")).await.unwrap();
         assert_eq!(body(resp).await, "ok");
@@ -442,28 +456,14 @@ mod tests {
     /// refuses the next request unsent, and the request goes out on a new one.
     #[tokio::test]
     async fn a_connection_the_upstream_closed_is_not_reused() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let counted = conns.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                let mut buf = vec![0; 4096];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = stream.read(&mut buf).await.unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    head.extend_from_slice(&buf[..n]);
-                }
+        let (addr, conns) = counting_server(|mut stream| async move {
+            if read_head(&mut stream).await {
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await;
-                drop(stream);
             }
-        });
+        })
+        .await;
         let client = EndpointClient::new(addr.into(), Duration::from_secs(1));
         for _ in 0..3 {
             let resp = client.send(request("/")).await.unwrap();
@@ -515,24 +515,8 @@ mod tests {
     /// connect to it hangs: the connect timeout ends it.
     #[tokio::test]
     async fn a_connect_that_hangs_is_a_connect_timeout() {
-        use socket2::{Domain, Socket, Type};
-        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        listener
-            .bind(
-                &"127.0.0.1:0"
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap()
-                    .into(),
-            )
-            .unwrap();
-        listener.listen(0).unwrap();
-        let addr = listener.local_addr().unwrap().as_socket().unwrap();
-        // Fill the accept queue (never accepted); the last ones may hang.
-        let _fillers: Vec<_> = (0..3)
-            .filter_map(|_| {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
-            })
-            .collect();
+        let hanging = crate::testing::hanging::HangingEndpoint::start();
+        let addr = hanging.addr();
         let client = EndpointClient::new(addr.to_string().into(), Duration::from_millis(300));
         let err = tokio::time::timeout(Duration::from_secs(5), client.send(request("/")))
             .await
@@ -554,15 +538,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_that_is_not_http_is_a_protocol_error() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let mut buf = [0; 1024];
-                let _ = stream.read(&mut buf).await;
+        let (addr, _) = counting_server(|mut stream| async move {
+            if read_head(&mut stream).await {
                 let _ = stream.write_all(b"SPEAKING NO HTTP\r\n\r\n").await;
             }
-        });
+        })
+        .await;
         let client = EndpointClient::new(addr.into(), Duration::from_secs(1));
         let err = client.send(request("/")).await.unwrap_err();
         assert!(!err.is_connect() && err.is_protocol(), "{err}");

@@ -31,19 +31,9 @@ pub enum Balance {
 pub struct Endpoint {
     /// `host:port` as configured.
     pub addr: Arc<str>,
-    /// The same, as a URI authority.
-    pub authority: http::uri::Authority,
     /// The same, as the `Host` to send when the client's request named none.
     pub host: http::HeaderValue,
     client: EndpointClient,
-}
-
-impl Endpoint {
-    /// The URI of a request to this endpoint: `path_and_query` in origin
-    /// form (the connection is the endpoint's already).
-    pub fn uri(&self, path_and_query: http::uri::PathAndQuery) -> http::Uri {
-        http::Uri::from(path_and_query)
-    }
 }
 
 /// Why an attempt failed, with detail for the log (not for the client).
@@ -112,12 +102,7 @@ impl Cluster {
                     .map_err(|err| format!("invalid endpoint {e:?}: {err}"))?;
                 let addr: Arc<str> = Arc::from(e.as_str());
                 let client = EndpointClient::new(addr.clone(), connect_timeout);
-                Ok(Endpoint {
-                    addr,
-                    authority,
-                    host,
-                    client,
-                })
+                Ok(Endpoint { addr, host, client })
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Cluster {
@@ -167,8 +152,8 @@ impl Cluster {
         self.endpoints.get(i)
     }
 
-    /// Send one attempt to `endpoint` (one of this cluster's: its URI from
-    /// [`Endpoint::uri`], and its `Host` header set), waiting at most `timeout` for the response head:
+    /// Send one attempt to `endpoint` (one of this cluster's; the URI in
+    /// origin form and `Host` set), waiting at most `timeout` for the response head:
     /// on the client connection's timer when the caller runs on that
     /// connection's task (see [`ConnTimer`]), else on a tokio sleep.
     pub async fn send(

@@ -19,7 +19,7 @@ pub(crate) use flaky::{Fault, Flaky};
 pub(crate) use gateway::{Cfg, Checked, Gateway, Shared};
 pub(crate) use http::{raw_http, Req};
 pub(crate) use switch::Switch;
-pub(crate) use upstream::{dead_endpoint, hanging_endpoint, BrokenUpstream, Upstream};
+pub(crate) use upstream::{dead_endpoint, BrokenUpstream, Upstream};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

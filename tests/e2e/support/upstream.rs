@@ -193,28 +193,6 @@ pub(crate) fn dead_endpoint() -> String {
     addr.to_string()
 }
 
-/// An endpoint where a connect hangs: a listener whose accept queue is full
-/// (it never accepts) drops further SYNs. Keep the returned guard alive.
-pub(crate) fn hanging_endpoint() -> (String, Vec<std::net::TcpStream>, socket2::Socket) {
-    use socket2::{Domain, Socket, Type};
-    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
-    listener
-        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .expect("bind a port");
-    listener.listen(0).expect("listen");
-    let addr = listener
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .expect("address");
-    let fillers = (0..3)
-        .filter_map(|_| {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
-        })
-        .collect();
-    (addr.to_string(), fillers, listener)
-}
-
 /// A TCP server that is not a well-behaved HTTP server: for every connection it reads the
 /// request head, writes `reply` as raw bytes (nothing, or something that is not HTTP) and
 /// closes the connection.
