@@ -25,7 +25,7 @@
 #
 # Each proxy is started fresh for each measurement, pinned to CPU 0
 # (`taskset -c 0`); wrk and the upstream share CPU 1. Targets are interleaved
-# over ROUNDS rounds; the table gives the median req/s, p50 and p99 latency,
+# over ROUNDS rounds, each round starting one target later; the table gives the median req/s, p50 and p99 latency,
 # the proxy's CPU time per request, req/s relative to the bare proxy, and the
 # paired ratio (median over rounds of req/s over the bare proxy's that round).
 # Benchmarks report: this script never fails on a slow result.
@@ -290,7 +290,10 @@ RESULTS=$TMP/results.tsv # target round rps p50_us p99_us cpu_us_per_req errors
 
 echo "== $ROUNDS rounds x ${#TARGETS[@]} targets: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (after ${WARMUP}s warm-up)" >&2
 for ((round = 1; round <= ROUNDS; round++)); do
-    for target in "${TARGETS[@]}"; do
+    # Each round starts one target later than the one before, so no target
+    # always runs first (or right after the same neighbour).
+    for ((slot = 0; slot < ${#TARGETS[@]}; slot++)); do
+        target=${TARGETS[$(((slot + round - 1) % ${#TARGETS[@]}))]}
         start_target "$target"
         url="http://$TARGET_ADDR/bench"
         # One request by hand first: the table is meaningless if it fails.
