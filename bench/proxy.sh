@@ -25,9 +25,9 @@
 #
 # Each proxy is started fresh for each measurement, pinned to CPU 0
 # (`taskset -c 0`); wrk and the upstream share CPU 1. Targets are interleaved
-# over ROUNDS rounds, each round starting one target later; the table gives the median req/s, p50 and p99 latency,
-# the proxy's CPU time per request, req/s relative to the bare proxy, and the
-# paired ratio (median over rounds of req/s over the bare proxy's that round).
+# over ROUNDS rounds, each round starting one target later; the table gives
+# the median req/s, p50 and p99 latency, the proxy's CPU time per request,
+# req/s relative to the bare proxy, and the paired ratio (median over rounds of req/s over the bare proxy's that round).
 # Benchmarks report: this script never fails on a slow result.
 #
 # Knobs (environment): ROUNDS=5 DURATION=6 (seconds per run) WARMUP=2
@@ -250,13 +250,10 @@ start_target() {
             TARGET_ADDR=$UPSTREAM
             TARGET_PID=${PIDS[0]}
             ;;
-        bare)
-            start bare 'listening on http://[0-9.:]+' "${PROXY_PIN[@]}" "$BIN/examples/bare_proxy" "$UPSTREAM" 127.0.0.1:0
-            TARGET_ADDR=$STARTED_ADDR
-            TARGET_PID=$STARTED_PID
-            ;;
-        bare-lean)
-            start bare-lean 'listening on http://[0-9.:]+' "${PROXY_PIN[@]}" "$BIN/examples/bare_proxy" --endpoint-client "$UPSTREAM" 127.0.0.1:0
+        bare | bare-lean)
+            local lean=()
+            [[ $1 == bare-lean ]] && lean=(--endpoint-client)
+            start "$1" 'listening on http://[0-9.:]+' "${PROXY_PIN[@]}" "$BIN/examples/bare_proxy" "${lean[@]}" "$UPSTREAM" 127.0.0.1:0
             TARGET_ADDR=$STARTED_ADDR
             TARGET_PID=$STARTED_PID
             ;;
@@ -291,7 +288,7 @@ RESULTS=$TMP/results.tsv # target round rps p50_us p99_us cpu_us_per_req errors
 echo "== $ROUNDS rounds x ${#TARGETS[@]} targets: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (after ${WARMUP}s warm-up)" >&2
 for ((round = 1; round <= ROUNDS; round++)); do
     # Each round starts one target later than the one before, so no target
-    # always runs first (or right after the same neighbour).
+    # always runs first.
     for ((slot = 0; slot < ${#TARGETS[@]}; slot++)); do
         target=${TARGETS[$(((slot + round - 1) % ${#TARGETS[@]}))]}
         start_target "$target"

@@ -19,7 +19,7 @@
 //! with one worker per CPU the process may run on.
 
 use bytes::Bytes;
-use ficus::upstream::client::EndpointClient;
+use ficus::upstream::client::{origin_form, EndpointClient};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -54,11 +54,7 @@ async fn forward_lean(
     let Ok(body) = body.collect().await else {
         return bad_gateway();
     };
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .map_or_else(|| http::Uri::from_static("/"), http::Uri::from);
+    parts.uri = origin_form(&parts.uri);
     parts
         .headers
         .entry(http::header::HOST)

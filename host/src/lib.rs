@@ -23,5 +23,11 @@ pub mod upstream;
 #[cfg(test)]
 pub(crate) mod testing;
 
+/// Lock a mutex whose data stays consistent even if a holder panicked (a
+/// poisoned lock is taken over, not propagated).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Directory holding the plugins built from `plugins/` by the build script.
 pub const WASM_DIR: &str = env!("FICUS_WASM_DIR");

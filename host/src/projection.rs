@@ -31,6 +31,7 @@ use crate::capability::leader::Elector;
 use crate::capability::readmodel::{ReadModelError, ReadModels};
 use crate::capability::Services;
 use crate::gateway::grants_of;
+use crate::lock;
 use crate::plugin::bindings::projection_world::RecordedEvent as WitEvent;
 use crate::plugin::ctx::Capabilities;
 use crate::plugin::engine::PluginEngine;
@@ -326,10 +327,6 @@ impl Projections {
             let _ = task.await;
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn now_ms() -> u64 {

@@ -592,15 +592,9 @@ async fn destination(
             UpstreamError::NoEndpoint,
         );
     };
-    // Origin form: the endpoint's client sends it on the endpoint's own
-    // connection.
-    let uri = match req.uri.path_and_query() {
-        Some(pq) => http::Uri::from(pq.clone()),
-        None => http::Uri::from_static("/"),
-    };
     let mut out = http::Request::new(Full::new(req.body.clone()));
     *out.method_mut() = req.method.clone();
-    *out.uri_mut() = uri;
+    *out.uri_mut() = crate::upstream::client::origin_form(&req.uri);
     let mut headers = if last_use {
         std::mem::take(&mut req.headers)
     } else {

@@ -5,8 +5,8 @@
 //! per request it hashes the authority into its pool key, races a pool
 //! checkout against a connect (a `select` of two futures), records connection
 //! metadata in the response's extensions and moves the request through
-//! several layers of futures: ~4k instructions per request on the proxy path
-//! (`bench/instructions.sh`). An endpoint needs none of that: its client
+//! several layers of futures: ~6k instructions per request more on the proxy
+//! path (`bench/instructions.sh`). An endpoint needs none of that: its client
 //! takes the most recently returned idle connection (or dials one), sends,
 //! and puts the connection back when the response head arrives.
 //!
@@ -22,6 +22,7 @@
 //! * the connect timeout is shared among the addresses a name resolves to;
 //!   `TCP_NODELAY` and TCP keep-alive are set.
 
+use crate::lock;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -307,8 +308,13 @@ fn sweep(inner: &Inner) {
     lock(&inner.idle).retain(|i| !i.sender.is_closed() && now - i.sweep <= SWEEPS_IDLE);
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// The origin-form URI (path and query; `/` when the request has none) a
+/// request to an endpoint carries on the endpoint's own connection.
+pub fn origin_form(uri: &http::Uri) -> http::Uri {
+    uri.path_and_query().map_or_else(
+        || http::Uri::from_static("/"),
+        |pq| http::Uri::from(pq.clone()),
+    )
 }
 
 #[cfg(test)]
